@@ -4,6 +4,7 @@
 """
 
 import regex
+
 from util.arguments import Property
 from util.binder import Message, run_processor
 from util.headers import is_text
