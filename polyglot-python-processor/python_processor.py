@@ -11,6 +11,7 @@ from util.headers import is_text
 
 REVERSE_STRING = Property("reversestring", bool, False, "Reverse the text of each message.",
                           aliases=("reverestring",))  # the seed's spelling still works
+OPTIONS = {"reverse_string": REVERSE_STRING}
 
 
 def reverse(text: str) -> str:
@@ -26,4 +27,4 @@ def transform(message: Message, reverse_string: bool) -> Message:
 
 
 if __name__ == "__main__":
-    run_processor(transform, options={"reverse_string": REVERSE_STRING})
+    run_processor(transform, OPTIONS)

@@ -37,6 +37,8 @@ from .bindings import (
     InputBinding,
     OutputBinding,
     consumer_settings,
+    input_properties,
+    output_properties,
     provision,
     resolve_input,
     resolve_output,
@@ -67,6 +69,20 @@ class Message:
 
     def with_payload(self, payload: bytes, content_type: str | None = None) -> Message:
         return replace(self, payload=payload, content_type=content_type or self.content_type)
+
+
+# Kafka client settings pass through under these prefixes (``<key>`` is a Kafka client key).
+PASS_THROUGH = ("spring.cloud.stream.kafka.binder.configuration.<key>",
+                "spring.cloud.stream.kafka.binder.consumerProperties.<key>",
+                "spring.cloud.stream.kafka.binder.producerProperties.<key>",
+                "spring.cloud.stream.kafka.bindings.<binding>.consumer.configuration.<key>",
+                "spring.cloud.stream.kafka.bindings.<binding>.producer.configuration.<key>")
+
+
+def app_properties(outputs: Sequence[str], options: Mapping[str, Property]) -> list[Property]:
+    """Every property an app with these output bindings reads: its own first, then the binder's."""
+    bindings = [*input_properties().values(), *(p for name in outputs for p in output_properties(name).values())]
+    return [*options.values(), *bindings, *COMMON_PROPERTIES]
 
 
 # The app's function: a message in, the output binding's name and the message to send out.

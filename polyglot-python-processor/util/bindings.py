@@ -59,7 +59,7 @@ def input_properties(binding: str = "input") -> dict[str, Property]:
         "enable_dlq": _kafka_binding(binding, "consumer.enableDlq", bool, False,
                                      "Send records that keep failing to a dead-letter topic."),
         "dlq_name": _kafka_binding(binding, "consumer.dlqName", str, None,
-                                   "Dead-letter topic; default error.<destination>.<group>."),
+                                   "Dead-letter topic; default `error.<destination>.<group>`."),
         "start_offset": _kafka_binding(binding, "consumer.startOffset", str, None,
                                        "earliest or latest; default earliest for a named group, latest without.",
                                        choices=("earliest", "latest")),

@@ -1,0 +1,47 @@
+"""The property tables of the READMEs, generated from the declarations the apps read them through.
+
+    python -m devkit.properties processor   # prints the Markdown table
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = {"processor": ("polyglot-python-processor", "python_processor", ("output",))}
+_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+def recipe_properties(recipe: str) -> tuple[list[Any], tuple[str, ...]]:
+    """A recipe's properties and pass-through prefixes, loaded from its folder (each has its own ``util``)."""
+    folder, module, outputs = RECIPES[recipe]
+    sys.path.insert(0, str(ROOT / folder))
+    for name in [m for m in sys.modules if m == "util" or m.startswith("util.") or m == module]:
+        del sys.modules[name]
+    try:
+        script = importlib.import_module(module)
+        binder = importlib.import_module("util.binder")
+        return binder.app_properties(outputs, script.OPTIONS), binder.PASS_THROUGH
+    finally:
+        sys.path.remove(str(ROOT / folder))
+
+
+def markdown_table(recipe: str) -> str:
+    rows = ["| property | type | default | description |", "|---|---|---|---|"]
+    properties, pass_through = recipe_properties(recipe)
+    for prop in properties:
+        shown = str(prop.default).lower() if prop.type is bool else prop.default
+        default = "" if prop.default is None else f"`{shown}`"
+        name = f"`{prop.name}`" + "".join(f" (or `{alias}`)" for alias in prop.aliases)
+        note = " Required." if prop.required else ""
+        rows.append(f"| {name} | {_TYPES[prop.type]} | {default} | {prop.description}{note} |")
+    for prefix in pass_through:
+        rows.append(f"| `{prefix}` | string | | A Kafka client setting, passed through (see below). |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(sys.argv[1]), end="")

@@ -1,0 +1,53 @@
+"""The READMEs say what the code does, and the recipes' shared modules are one code."""
+
+from __future__ import annotations
+
+import filecmp
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from devkit.docs import DOCS, render
+from devkit.properties import recipe_properties
+from util.arguments import canonical
+
+RECIPE_FOLDERS = sorted(p.parent for p in ROOT.glob("polyglot-python-*/Dockerfile"))
+
+
+@pytest.mark.parametrize("recipe", sorted(DOCS))
+def test_readme_property_tables_are_generated_from_the_code(recipe: str) -> None:
+    for name in DOCS[recipe]:
+        text = (ROOT / name).read_text()
+        assert f"<!-- properties:{recipe} -->" in text, name
+        assert render(text, recipe) == text, f"{name} is stale: run `make docs`"
+
+
+@pytest.mark.parametrize("recipe", sorted(DOCS))
+def test_readme_scdf_commands_pass_only_properties_the_app_reads(recipe: str) -> None:
+    declared = {canonical(n) for p in recipe_properties(recipe)[0] for n in (p.name, *p.aliases)}
+    for name in DOCS[recipe]:
+        definitions = re.findall(r'definition "([^"]+)"', (ROOT / name).read_text())
+        assert definitions, name
+        for definition in definitions:
+            app_part = next(part for part in definition.split("|") if "python-" in part)
+            for key in re.findall(r"--([\w.\-]+)=", app_part):
+                assert canonical(key) in declared, f"{name}: --{key} is not read by the {recipe}"
+
+
+def test_shared_util_modules_are_identical_copies() -> None:
+    by_name: dict[str, list[Path]] = {}
+    for folder in RECIPE_FOLDERS:
+        for module in (folder / "util").glob("*.py"):
+            by_name.setdefault(module.name, []).append(module)
+    for copies in by_name.values():
+        for other in copies[1:]:
+            assert filecmp.cmp(copies[0], other, shallow=False), f"{other} differs from {copies[0]}"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme
+    assert "make demo" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
