@@ -220,7 +220,7 @@ class Binder:
         except _StopRequestedError:
             log.info("Stopping during a retry back-off: committing the records already processed")
         self._flush()
-        offsets = {}
+        offsets, rewound = {}, False
         for tp, pending in futures.items():
             error = failed.get(tp) or next((f.exception or "not acknowledged" for f in pending if not f.succeeded()),
                                            None)
@@ -228,10 +228,11 @@ class Binder:
                 log.error("Sending records from %s-%d failed (%s); rewinding to offset %d to retry them",
                           tp.topic, tp.partition, error, batch[tp][0].offset)
                 self.consumer.seek(tp, batch[tp][0].offset)
+                rewound = True
             elif tp in done:
                 offsets[tp] = OffsetAndMetadata(done[tp], "", -1)
         self._commit(offsets)
-        if len(offsets) < len(futures):
+        if rewound:
             self.stop.wait(1.0)  # the broker is struggling: do not spin on it
 
     def _process(self, record: Any) -> Any:
@@ -332,10 +333,11 @@ class Binder:
             self.stop.set()
 
     def close(self) -> None:
+        """Input first, then outputs, as Spring; everything was flushed, so short timeouts suffice."""
         if self.consumer is not None:
-            self.consumer.close(autocommit=False, timeout_ms=5000)
+            self.consumer.close(autocommit=False, timeout_ms=2000)
         for producer in self.producers.values():
-            producer.close(timeout=5)
+            producer.close(timeout=2)
 
 
 class _RebalanceLog(ConsumerRebalanceListener):
