@@ -8,11 +8,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from .apps import App
 from .tansu import Tansu
-from .waiting import wait_for
+from .topics import read_topic
 
 STREAM = "text-reversal"
 # What `http post --data ...` sends through the 2021.x http source: raw body, JSON-quoted contentType.
@@ -25,22 +25,6 @@ def log_sink(label: str, value: bytes) -> None:
     """Print a record as the Spring log sink does: the payload as text, on one log line."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
     print(f"{stamp}  INFO --- [{label}] log-sink : {value.decode('utf-8', 'replace')}", flush=True)
-
-
-def read(bootstrap: str, topic: str, count: int, timeout: float = 30) -> list[bytes]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    try:
-        partitions = wait_for(lambda: consumer.partitions_for_topic(topic), timeout, f"topic {topic}")
-        consumer.assign([TopicPartition(topic, p) for p in partitions])
-        consumer.seek_to_beginning()
-        values: list[bytes] = []
-        deadline = time.monotonic() + timeout
-        while len(values) < count and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                values.extend(r.value for r in batch)
-        return values
-    finally:
-        consumer.close()
 
 
 def processor_demo(broker: Tansu, workdir: Path) -> None:
@@ -66,8 +50,8 @@ def processor_demo(broker: Tansu, workdir: Path) -> None:
             print(f"== http post --data \"{line}\"")
             producer.send(f"{STREAM}.http", line.encode(), headers=HTTP_HEADERS)
         producer.close(10)
-        for value in read(broker.bootstrap, f"{STREAM}.python-processor", len(LINES)):
-            log_sink(f"{STREAM}.log-v1", value)
+        for record in read_topic(broker.bootstrap, f"{STREAM}.python-processor", len(LINES), timeout=30):
+            log_sink(f"{STREAM}.log-v1", record.value)
         status, body = app.get("/actuator/health")
         print(f"== GET /actuator/health -> {status} {body}")
         print(f"== GET /actuator/info -> {app.get('/actuator/info')[1]}")

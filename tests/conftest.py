@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,7 +17,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "polyglot-python-processor")]
 
 from devkit.apps import App  # noqa: E402
 from devkit.tansu import Tansu  # noqa: E402
-from devkit.waiting import wait_for  # noqa: E402
+from devkit.topics import read_topic  # noqa: E402
 
 # Tansu takes half the session timeout to complete a group join: keep it short in tests.
 FAST_GROUPS = ("--spring.cloud.stream.kafka.binder.consumerProperties.session.timeout.ms=6000",
@@ -62,24 +61,7 @@ class Kafka:
         return ends
 
     def read(self, topic: str, count: int, timeout: float = 60, settle: float = 0.0) -> list[Any]:
-        """Read a topic from the beginning without a group until ``count`` records (then ``settle`` s more)."""
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None)
-        try:
-            partitions = wait_for(lambda: consumer.partitions_for_topic(topic), 30, f"topic {topic}")
-            consumer.assign([TopicPartition(topic, p) for p in partitions])
-            consumer.seek_to_beginning()
-            records: list[Any] = []
-            deadline = time.monotonic() + timeout
-            while len(records) < count and time.monotonic() < deadline:
-                for batch in consumer.poll(timeout_ms=500).values():
-                    records.extend(batch)
-            settle_until = time.monotonic() + settle
-            while time.monotonic() < settle_until:
-                for batch in consumer.poll(timeout_ms=200).values():
-                    records.extend(batch)
-            return records
-        finally:
-            consumer.close()
+        return read_topic(self.bootstrap, topic, count, timeout, settle)
 
     def committed(self, group: str) -> dict[int, int]:
         """The group's committed offset per partition (all topics of the test are distinct)."""

@@ -1,0 +1,31 @@
+"""Read a topic from the beginning without a consumer group (no group join to wait for)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+from .waiting import wait_for
+
+
+def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 60, settle: float = 0.0) -> list[Any]:
+    """Records of ``topic`` until ``count`` arrived or ``timeout`` s passed, then ``settle`` s more for extras."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        partitions = wait_for(lambda: consumer.partitions_for_topic(topic), 30, f"topic {topic}")
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        consumer.seek_to_beginning()
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(records) < count and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        settle_until = time.monotonic() + settle
+        while time.monotonic() < settle_until:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
