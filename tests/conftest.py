@@ -13,12 +13,15 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "polyglot-python-processor")]
+# Recipe scripts import their own ``util``; the copies are identical (a test says so), the processor's is used.
+sys.path[:0] = [str(ROOT), str(ROOT / "polyglot-python-processor"), str(ROOT / "polyglot-python-app")]
 
 from devkit.apps import App  # noqa: E402
 from devkit.tansu import Tansu  # noqa: E402
 from devkit.topics import read_topic  # noqa: E402
 
+STREAM_APPS = {"processor": ("polyglot-python-processor/python_processor.py", ("output",)),
+               "router": ("polyglot-python-app/python_router_app.py", ("even", "odd"))}
 # Tansu takes half the session timeout to complete a group join: keep it short in tests.
 FAST_GROUPS = ("--spring.cloud.stream.kafka.binder.consumerProperties.session.timeout.ms=6000",
                "--spring.cloud.stream.kafka.binder.consumerProperties.heartbeat.interval.ms=2000")
@@ -72,6 +75,10 @@ class Kafka:
             admin.close()
         return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
+    def caught_up(self, group: str, ends: dict[int, int]) -> Callable[[], bool]:
+        """A condition: the group committed at least ``ends`` (partition -> offset)."""
+        return lambda: all(self.committed(group).get(p, -1) >= end for p, end in ends.items())
+
     def close(self) -> None:
         if self._producer is not None:
             self._producer.close(5)
@@ -114,16 +121,27 @@ def start_app(tmp_path: Path) -> Iterator[Callable[..., App]]:
 
 
 @pytest.fixture
-def start_processor(broker: Tansu, start_app: Callable[..., App]) -> Callable[..., App]:
-    """The processor as SCDF's Kubernetes deployer starts it: exec-style args, brokers from the env."""
+def start_stream_app(broker: Tansu, start_app: Callable[..., App]) -> Callable[..., App]:
+    """A stream app as SCDF's Kubernetes deployer starts it: exec-style args, brokers from the env.
 
-    def start(source: str | None, sink: str | None, *extra: str, group: str | None = "s",
+    ``sinks`` maps output bindings to topics; None values (and a None source or group) are left out.
+    """
+
+    def start(kind: str, source: str | None, sinks: dict[str, str | None], *extra: str, group: str | None = "s",
               env: dict[str, str] | None = None) -> App:
         args = ["--server.port=0", *FAST_GROUPS, *extra]
-        for key, value in (("input.destination", source), ("output.destination", sink), ("input.group", group)):
-            if value:
-                args.append(f"--spring.cloud.stream.bindings.{key}={value}")
+        bindings = {"input.destination": source, "input.group": group,
+                    **{f"{name}.destination": topic for name, topic in sinks.items()}}
+        args += [f"--spring.cloud.stream.bindings.{key}={value}" for key, value in bindings.items() if value]
         environ = {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": broker.bootstrap, **(env or {})}
-        return start_app("polyglot-python-processor/python_processor.py", args, environ)
+        return start_app(STREAM_APPS[kind][0], args, environ)
+
+    return start
+
+
+@pytest.fixture
+def start_processor(start_stream_app: Callable[..., App]) -> Callable[..., App]:
+    def start(source: str | None, sink: str | None, *extra: str, **kwargs: Any) -> App:
+        return start_stream_app("processor", source, {"output": sink}, *extra, **kwargs)
 
     return start

@@ -171,9 +171,9 @@ class Binder:
             self.consumer.subscribe(list(self.source.destinations), listener=_RebalanceLog())
         else:
             self.consumer.assign(self._static_assignment())
-        kind = "anonymous group" if self.source.anonymous else "group"
-        log.info("Consuming %s as %s '%s' from %s; producing to %s", ",".join(self.source.destinations), kind,
-                 self.source.group, settings["auto_offset_reset"],
+        origin = f"(from {self.source.group_from})" if self.source.group_from else "(no group set: anonymous)"
+        log.info("Consuming %s as group '%s' %s starting at %s; producing to %s", ",".join(self.source.destinations),
+                 self.source.group, origin, settings["auto_offset_reset"],
                  ", ".join(f"{o.name}={o.destination}" for o in self.outputs.values()))
 
     def _static_assignment(self) -> list[TopicPartition]:
@@ -375,7 +375,8 @@ def run_app(handler: Handler, outputs: Sequence[str], options: Mapping[str, Prop
             group_fallback: Property | None = None) -> None:
     """Run an app with one input and the named output bindings until SIGTERM; exit non-zero on failure.
 
-    ``options`` maps the function's keyword arguments to the app's own properties.
+    ``options`` maps the function's keyword arguments to the app's own properties; without an input
+    group, ``group_fallback``'s value (say the stream name) is the group, else the consumer is anonymous.
     """
     logs.start_logging()
     options = options or {}
@@ -383,8 +384,7 @@ def run_app(handler: Handler, outputs: Sequence[str], options: Mapping[str, Prop
         properties = Properties()
         logs.configure_logging(properties)
         values = {name: properties.get(prop) for name, prop in options.items()}
-        fallback = properties.get(group_fallback) if group_fallback else None
-        source = resolve_input(properties, fallback)
+        source = resolve_input(properties, group_fallback)
         sinks = {name: resolve_output(properties, name) for name in outputs}
         metrics = Metrics()
         binder = Binder(properties, handler, values, source, sinks, metrics)

@@ -86,6 +86,7 @@ def output_properties(binding: str) -> dict[str, Property]:
 class InputBinding:
     destinations: tuple[str, ...]
     group: str
+    group_from: str  # the property the group came from, or "" when anonymous
     anonymous: bool
     start_offset: str
     content_type: str
@@ -110,20 +111,24 @@ class OutputBinding:
     headers: bool
 
 
-def resolve_input(properties: Properties, group_fallback: str | None = None) -> InputBinding:
-    """The input binding; ``group_fallback`` names the group to use when none is set."""
-    p = {key: properties.get(prop) for key, prop in input_properties().items()}
+def resolve_input(properties: Properties, group_fallback: Property | None = None) -> InputBinding:
+    """The input binding; without a group, ``group_fallback``'s value (if set) is the group."""
+    declared = input_properties()
+    p = {key: properties.get(prop) for key, prop in declared.items()}
     destinations = tuple(d.strip() for d in p["destination"].split(",") if d.strip())
     if not destinations:
-        raise ConfigError(f"Property '{input_properties()['destination'].name}' names no topic")
+        raise ConfigError(f"Property '{declared['destination'].name}' names no topic")
     if p["max_attempts"] < 1:
         raise ConfigError(f"Invalid value '{p['max_attempts']}' for property "
-                          f"'{input_properties()['max_attempts'].name}': expected 1 or more")
-    group = p["group"] or group_fallback
+                          f"'{declared['max_attempts'].name}': expected 1 or more")
+    group, group_from = p["group"], declared["group"].name
+    if group is None and group_fallback is not None:
+        group, group_from = properties.get(group_fallback), group_fallback.name
     anonymous = group is None
     return InputBinding(
         destinations=destinations,
         group=group or f"anonymous.{uuid.uuid4()}",
+        group_from="" if anonymous else group_from,
         anonymous=anonymous,
         start_offset=p["start_offset"] or ("latest" if anonymous else "earliest"),
         content_type=p["content_type"],

@@ -1,0 +1,40 @@
+"""Spring Cloud Data Flow ``app``: routes each timestamp to binding ``even`` or ``odd`` by its last digit.
+
+    stream create --name timestamps --definition "time || python-router || evenLogger: log || oddLogger: log"
+"""
+
+import json
+
+from util.binder import Message, run_app
+from util.bindings import STREAM_NAME
+
+OUTPUTS = ("even", "odd")
+OPTIONS: dict = {}  # the router has no properties of its own
+
+
+def timestamp(message: Message) -> str:
+    """The value's text, trimmed, without surrounding JSON quotes."""
+    text = message.text().strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        try:
+            text = json.loads(text)
+        except ValueError:
+            text = text[1:-1]
+    return text
+
+
+def route(value: str) -> str:
+    """``even`` or ``odd`` by the last decimal digit; ValueError when the value does not end with one."""
+    if not value or value[-1] not in "0123456789":
+        raise ValueError(f"cannot route {value!r}: it does not end with a decimal digit")
+    return "even" if int(value[-1]) % 2 == 0 else "odd"
+
+
+def handle(message: Message) -> tuple[str, Message]:
+    value = timestamp(message)
+    binding = route(value)
+    return binding, message.with_payload(f"{binding.capitalize()} timestamp: {value}".encode(), "text/plain")
+
+
+if __name__ == "__main__":
+    run_app(handle, OUTPUTS, OPTIONS, group_fallback=STREAM_NAME)

@@ -1,0 +1,97 @@
+"""Kafka record headers as Spring Cloud Stream 2.x, 3.x and later write and read them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+Headers = Sequence[tuple[str, bytes]]
+
+TYPES_HEADER = "spring_json_header_types"
+CONTENT_TYPE = "contentType"
+ORIGINAL_CONTENT_TYPE = "originalContentType"
+# Headers the binder never writes, and the two this codec rewrites for the new payload.
+_NOT_FORWARDED = frozenset({"id", "timestamp", "deliveryAttempt", TYPES_HEADER, CONTENT_TYPE, ORIGINAL_CONTENT_TYPE})
+_NOT_FORWARDED_PREFIXES = ("scst_", "kafka_")
+
+
+class HeaderError(ValueError):
+    """A header that cannot be read; the message names it."""
+
+
+def header_types(headers: Headers) -> dict[str, str]:
+    """The ``spring_json_header_types`` map, or HeaderError when it is present but malformed."""
+    for key, value in headers:
+        if key == TYPES_HEADER:
+            try:
+                types = json.loads(value)
+            except (ValueError, UnicodeDecodeError):
+                raise HeaderError(f"header '{TYPES_HEADER}' is not a JSON object") from None
+            if not isinstance(types, dict):
+                raise HeaderError(f"header '{TYPES_HEADER}' is not a JSON object")
+            return {str(k): str(v) for k, v in types.items()}
+    return {}
+
+
+def decode_text(name: str, value: bytes | None) -> str | None:
+    """A header value as text: raw UTF-8 (3.x+) or a JSON string (2.x, MIME types), quotes stripped."""
+    if value is None:
+        return None
+    try:
+        text = value.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise HeaderError(f"header '{name}' is not UTF-8 text") from None
+    if text.startswith(("\"", "{")):
+        try:
+            decoded = json.loads(text)
+        except ValueError:
+            return text.strip("\"")
+        if isinstance(decoded, str):
+            return decoded
+        if isinstance(decoded, dict) and "type" in decoded and "subtype" in decoded:
+            return f"{decoded['type']}/{decoded['subtype']}"
+    return text
+
+
+def header_text(headers: Headers, name: str) -> str | None:
+    """The last header called ``name``, as text, or None."""
+    found = None
+    for key, value in headers:
+        if key == name:
+            found = value
+    return decode_text(name, found)
+
+
+def content_type(headers: Headers, default: str) -> str:
+    """The payload's content type: ``originalContentType`` first (2.x), then ``contentType``, then ``default``."""
+    return header_text(headers, ORIGINAL_CONTENT_TYPE) or header_text(headers, CONTENT_TYPE) or default
+
+
+def is_text(media_type: str) -> bool:
+    """``text/*`` and any JSON type are UTF-8 text, as the Spring log sink reads them."""
+    kind = media_type.split(";", 1)[0].strip().lower()
+    return kind.startswith("text/") or "json" in kind
+
+
+def outbound_headers(headers: Headers, media_type: str) -> list[tuple[str, bytes]]:
+    """Forward inbound headers byte for byte with their type entries, then set ``contentType``.
+
+    ``contentType`` is JSON-quoted with a ``java.lang.String`` type entry: Spring Cloud Stream 2.x
+    consumers need both, 3.x and later read it too.
+    """
+    try:
+        inbound_types = header_types(headers)
+    except HeaderError:
+        inbound_types = {}
+    out: list[tuple[str, bytes]] = []
+    types: dict[str, str] = {}
+    for key, value in headers:
+        if key in _NOT_FORWARDED or key.startswith(_NOT_FORWARDED_PREFIXES):
+            continue
+        out.append((key, value))
+        if key in inbound_types:
+            types[key] = inbound_types[key]
+    out.append((CONTENT_TYPE, json.dumps(media_type).encode()))
+    types[CONTENT_TYPE] = "java.lang.String"
+    out.append((TYPES_HEADER, json.dumps(types, separators=(",", ":")).encode()))
+    return out
