@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-RECIPES := polyglot-python-processor
+RECIPES := polyglot-python-processor polyglot-python-app
 
 .PHONY: demo test lint docs system-deps clean
 

@@ -5,16 +5,23 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from .apps import App
 from .tansu import Tansu
 from .topics import read_topic
+from .waiting import wait_for
 
 STREAM = "text-reversal"
+ROUTER_STREAM = "timestamps"
+TICKS = 6
+# Test-speed group joins on the embedded broker (it completes a join in half the session timeout).
+FAST_GROUPS = ["--spring.cloud.stream.kafka.binder.consumerProperties.session.timeout.ms=6000",
+               "--spring.cloud.stream.kafka.binder.consumerProperties.heartbeat.interval.ms=2000"]
 # What `http post --data ...` sends through the 2021.x http source: raw body, JSON-quoted contentType.
 HTTP_HEADERS = [("contentType", b'"text/plain"'), ("spring_json_header_types", b'{"contentType":"java.lang.String"}'),
                 ("http_requestMethod", b'"POST"')]
@@ -36,10 +43,7 @@ def processor_demo(broker: Tansu, workdir: Path) -> None:
         f"--spring.cloud.stream.bindings.output.producer.requiredGroups={STREAM}",
         f"--spring.cloud.dataflow.stream.name={STREAM}", "--spring.cloud.dataflow.stream.app.label=python-processor",
         "--spring.cloud.dataflow.stream.app.type=processor", "--reversestring=true", "--server.port=0",
-        "--management.metrics.tags.stream.name=${spring.cloud.dataflow.stream.name:unknown}",
-        # The embedded broker completes a group join in half the session timeout: keep the demo quick.
-        "--spring.cloud.stream.kafka.binder.consumerProperties.session.timeout.ms=6000",
-        "--spring.cloud.stream.kafka.binder.consumerProperties.heartbeat.interval.ms=2000",
+        "--management.metrics.tags.stream.name=${spring.cloud.dataflow.stream.name:unknown}", *FAST_GROUPS,
     ]
     app = App("polyglot-python-processor/python_processor.py", args,
               {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": broker.bootstrap}, workdir / "processor.log")
@@ -61,6 +65,68 @@ def processor_demo(broker: Tansu, workdir: Path) -> None:
         print(f"-- processor log ({app.log_path}):\n{app.log}")
 
 
+def time_source(bootstrap: str, topic: str, stop: threading.Event) -> None:
+    """Stand-in for the ``time`` source: ``MM/dd/yy HH:mm:ss`` once a second, raw, contentType application/json."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+    for _ in range(TICKS):
+        stamp = time.strftime("%m/%d/%y %H:%M:%S").encode()
+        producer.send(topic, stamp, headers=[("contentType", b"application/json")])
+        producer.flush()
+        if stop.wait(1.0):
+            break
+    producer.close(5)
+
+
+def log_sinks(bootstrap: str, topics: dict[str, str], count: int, timeout: float) -> None:
+    """Print records of each topic as the log sink app labelled with its key would."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        labels = {topic: label for label, topic in topics.items()}
+        partitions = [TopicPartition(t, p) for t in topics.values()
+                      for p in wait_for(lambda t=t: consumer.partitions_for_topic(t), 30, f"topic {t}")]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        seen, deadline = 0, time.monotonic() + timeout
+        while seen < count and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                for record in batch:
+                    log_sink(f"{ROUTER_STREAM}.{labels[record.topic]}", record.value)
+                    seen += 1
+    finally:
+        consumer.close()
+
+
+def router_demo(broker: Tansu, workdir: Path) -> None:
+    print(f'\n== stream create --name {ROUTER_STREAM} --definition '
+          '"time || python-router || evenLogger: log || oddLogger: log"')
+    print(f"== stream deploy --name {ROUTER_STREAM} --propertiesFile polyglot-python-app-deployment.properties")
+    args = [  # what polyglot-python-app-deployment.properties gives the router, plus what Data Flow adds
+        "--spring.cloud.stream.bindings.input.destination=timeDest",
+        f"--spring.cloud.stream.bindings.input.group={ROUTER_STREAM}",
+        "--spring.cloud.stream.bindings.even.destination=evenDest",
+        "--spring.cloud.stream.bindings.odd.destination=oddDest",
+        f"--spring.cloud.dataflow.stream.name={ROUTER_STREAM}",
+        "--spring.cloud.dataflow.stream.app.label=python-router", "--spring.cloud.dataflow.stream.app.type=app",
+        "--server.port=0", *FAST_GROUPS,
+    ]
+    app = App("polyglot-python-app/python_router_app.py", args,
+              {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": broker.bootstrap}, workdir / "router.log")
+    stop = threading.Event()
+    ticker = threading.Thread(target=time_source, args=(broker.bootstrap, "timeDest", stop), daemon=True)
+    try:
+        app.wait_for_log("Consuming")  # topics created
+        ticker.start()
+        log_sinks(broker.bootstrap, {"evenLogger": "evenDest", "oddLogger": "oddDest"}, TICKS, timeout=30)
+        print(f"== GET /actuator/health -> {' '.join(map(str, app.get('/actuator/health')))}")
+        print(f"== SIGTERM -> router exited {app.stop()}")
+    finally:
+        stop.set()
+        if ticker.is_alive():
+            ticker.join(10)
+        app.kill()
+        print(f"-- router log ({app.log_path}):\n{app.log}")
+
+
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="polyglot-demo-") as tmp:
@@ -69,6 +135,7 @@ def main() -> int:
         print(f"== embedded Kafka (Tansu) on {broker.bootstrap}")
         try:
             processor_demo(broker, workdir)
+            router_demo(broker, workdir)
         finally:
             broker.stop()
     return 0

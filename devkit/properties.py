@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPES = {"processor": ("polyglot-python-processor", "python_processor", ("output",))}
+RECIPES = {"processor": ("polyglot-python-processor", "python_processor", ("output",)),
+           "router": ("polyglot-python-app", "python_router_app", ("even", "odd"))}
 _TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
 
 
@@ -24,7 +25,8 @@ def recipe_properties(recipe: str) -> tuple[list[Any], tuple[str, ...]]:
     try:
         script = importlib.import_module(module)
         binder = importlib.import_module("util.binder")
-        return binder.app_properties(outputs, script.OPTIONS), binder.PASS_THROUGH
+        fallback = getattr(script, "GROUP_FALLBACK", None)
+        return binder.app_properties(outputs, script.OPTIONS, fallback), binder.PASS_THROUGH
     finally:
         sys.path.remove(str(ROOT / folder))
 

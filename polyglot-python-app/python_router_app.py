@@ -10,6 +10,7 @@ from util.bindings import STREAM_NAME
 
 OUTPUTS = ("even", "odd")
 OPTIONS: dict = {}  # the router has no properties of its own
+GROUP_FALLBACK = STREAM_NAME  # without a group, a restarted router resumes where the stream left off
 
 
 def timestamp(message: Message) -> str:
@@ -37,4 +38,4 @@ def handle(message: Message) -> tuple[str, Message]:
 
 
 if __name__ == "__main__":
-    run_app(handle, OUTPUTS, OPTIONS, group_fallback=STREAM_NAME)
+    run_app(handle, OUTPUTS, OPTIONS, GROUP_FALLBACK)

@@ -14,6 +14,7 @@ from devkit.properties import recipe_properties
 from util.arguments import canonical
 
 RECIPE_FOLDERS = sorted(p.parent for p in ROOT.glob("polyglot-python-*/Dockerfile"))
+APP_NAMES = {"processor": "python-processor", "router": "python-router"}  # as the READMEs register them
 
 
 @pytest.mark.parametrize("recipe", sorted(DOCS))
@@ -28,12 +29,14 @@ def test_readme_property_tables_are_generated_from_the_code(recipe: str) -> None
 def test_readme_scdf_commands_pass_only_properties_the_app_reads(recipe: str) -> None:
     declared = {canonical(n) for p in recipe_properties(recipe)[0] for n in (p.name, *p.aliases)}
     for name in DOCS[recipe]:
-        definitions = re.findall(r'definition "([^"]+)"', (ROOT / name).read_text())
-        assert definitions, name
-        for definition in definitions:
-            app_part = next(part for part in definition.split("|") if "python-" in part)
-            for key in re.findall(r"--([\w.\-]+)=", app_part):
-                assert canonical(key) in declared, f"{name}: --{key} is not read by the {recipe}"
+        text = (ROOT / name).read_text()
+        assert f"--name {APP_NAMES[recipe]} " in text, name
+        for definition in re.findall(r'definition "([^"]+)"', text):
+            for part in definition.split("|"):
+                words = part.split()
+                if words and words[0] == APP_NAMES[recipe]:
+                    for key in re.findall(r"--([\w.\-]+)=", part):
+                        assert canonical(key) in declared, f"{name}: --{key} is not read by the {recipe}"
 
 
 def test_shared_util_modules_are_identical_copies() -> None:
@@ -51,3 +54,13 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "make test" in readme
     assert "make demo" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_router_deployment_properties_set_only_what_the_router_reads() -> None:
+    declared = {canonical(p.name) for p in recipe_properties("router")[0]}
+    text = (ROOT / "polyglot-python-app" / "polyglot-python-app-deployment.properties").read_text()
+    keys = re.findall(r"^app\.python-router\.([^=\s]+)=", text, re.M)
+    wired = {f"spring.cloud.stream.bindings.{key}" for key in
+             ("input.destination", "input.group", "even.destination", "odd.destination")}
+    assert wired <= set(keys)
+    assert all(canonical(key) in declared for key in keys)

@@ -79,9 +79,11 @@ PASS_THROUGH = ("spring.cloud.stream.kafka.binder.configuration.<key>",
                 "spring.cloud.stream.kafka.bindings.<binding>.producer.configuration.<key>")
 
 
-def app_properties(outputs: Sequence[str], options: Mapping[str, Property]) -> list[Property]:
+def app_properties(outputs: Sequence[str], options: Mapping[str, Property],
+                   group_fallback: Property | None = None) -> list[Property]:
     """Every property an app with these output bindings reads: its own first, then the binder's."""
-    bindings = [*input_properties().values(), *(p for name in outputs for p in output_properties(name).values())]
+    bindings = [*input_properties(group_fallback).values(),
+                *(p for name in outputs for p in output_properties(name).values())]
     return [*options.values(), *bindings, *COMMON_PROPERTIES]
 
 
@@ -415,7 +417,7 @@ def run_app(handler: Handler, outputs: Sequence[str], options: Mapping[str, Prop
 
 def run_processor(transform: Callable[..., Message], options: Mapping[str, Property] | None = None) -> None:
     """A processor: ``transform(message, **options) -> message`` from ``input`` to ``output``."""
-    run_app(lambda message, **kw: ("output", transform(message, **kw)), ("output",), options)
+    run_app(lambda message, **kw: ("output", transform(message, **kw)), ("output",), options or {})
 
 
 def _info(properties: Properties, source: InputBinding, sinks: Mapping[str, OutputBinding],

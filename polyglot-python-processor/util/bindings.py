@@ -40,12 +40,13 @@ def _kafka_binding(binding: str, key: str, *args: Any, **kwargs: Any) -> Propert
     return Property(f"spring.cloud.stream.kafka.bindings.{binding}.{key}", *args, **kwargs)
 
 
-def input_properties(binding: str = "input") -> dict[str, Property]:
+def input_properties(group_fallback: Property | None = None, binding: str = "input") -> dict[str, Property]:
+    fallback = f"the value of `{group_fallback.name}`, else " if group_fallback else ""
     return {
         "destination": _binding(binding, "destination", str, None, "Topic(s) to consume, comma separated.",
                                 required=True),
         "group": _binding(binding, "group", str, None,
-                          "Consumer group; absent: an anonymous group that starts at latest."),
+                          f"Consumer group; absent: {fallback}an anonymous group that starts at latest."),
         "content_type": _binding(binding, "contentType", str, "application/json",
                                  "Content type of records that carry no contentType header."),
         "max_attempts": _binding(binding, "consumer.maxAttempts", int, 3,
@@ -113,7 +114,7 @@ class OutputBinding:
 
 def resolve_input(properties: Properties, group_fallback: Property | None = None) -> InputBinding:
     """The input binding; without a group, ``group_fallback``'s value (if set) is the group."""
-    declared = input_properties()
+    declared = input_properties(group_fallback)
     p = {key: properties.get(prop) for key, prop in declared.items()}
     destinations = tuple(d.strip() for d in p["destination"].split(",") if d.strip())
     if not destinations:
