@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,16 @@ from kafka.admin import NewTopic
 
 ROOT = Path(__file__).resolve().parent.parent
 # Recipe scripts import their own ``util``; the copies are identical (a test says so), the processor's is used.
-sys.path[:0] = [str(ROOT), str(ROOT / "polyglot-python-processor"), str(ROOT / "polyglot-python-app")]
+sys.path[:0] = [str(ROOT), str(ROOT / "polyglot-python-processor"), str(ROOT / "polyglot-python-app"),
+                str(ROOT / "polyglot-python-task")]
+
+import util  # noqa: E402
+
+# The shared modules come from the processor's copy; the task's own modules (datasource, task_status) from its folder.
+util.__path__.append(str(ROOT / "polyglot-python-task" / "util"))
 
 from devkit.apps import App  # noqa: E402
+from devkit.databases import MariaDB, PostgreSQL  # noqa: E402
 from devkit.tansu import Tansu  # noqa: E402
 from devkit.topics import read_topic  # noqa: E402
 
@@ -145,3 +154,93 @@ def start_processor(start_stream_app: Callable[..., App]) -> Callable[..., App]:
         return start_stream_app("processor", source, {"output": sink}, *extra, **kwargs)
 
     return start
+
+
+# -- task databases ------------------------------------------------------------------------------
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "spring-cloud-task"
+TASK_SCRIPT = "polyglot-python-task/python_task.py"
+COLUMNS = ("TASK_EXECUTION_ID", "START_TIME", "END_TIME", "TASK_NAME", "EXIT_CODE", "EXIT_MESSAGE", "ERROR_MESSAGE",
+           "LAST_UPDATED", "EXTERNAL_EXECUTION_ID", "PARENT_EXECUTION_ID")
+
+
+def task_ddl(schema: str, prefix: str = "TASK_") -> str:
+    """The Spring Cloud Task DDL of ``schema`` (mysql, mariadb, postgresql) with its table prefix replaced."""
+    ddl = (FIXTURES / f"schema-{schema}.sql").read_text()
+    if prefix != "TASK_":
+        ddl = re.sub(r"\bTASK_(EXECUTION_PARAMS|EXECUTION|TASK_BATCH|SEQ|LOCK|EXEC_PARAMS_FK|EXEC_BATCH_FK)\b",
+                     lambda m: prefix + m.group(1), ddl)
+    return ddl
+
+
+@dataclass
+class TaskDatabase:
+    """One database of a real server with the task tables, and what a launch passes to reach it."""
+
+    server: MariaDB | PostgreSQL
+    name: str
+    user: str
+    password: str
+    prefix: str = "TASK_"
+
+    @property
+    def url(self) -> str:
+        return f"jdbc:{self.server.scheme}://127.0.0.1:{self.server.port}/{self.name}?connectTimeout=5"
+
+    @property
+    def args(self) -> list[str]:
+        return [f"--spring.datasource.url={self.url}", f"--spring.datasource.username={self.user}",
+                f"--spring.datasource.password={self.password}",
+                f"--spring.cloud.task.tablePrefix={self.prefix}"]
+
+    def table(self, name: str) -> str:
+        table = self.prefix + name
+        return table.lower() if isinstance(self.server, PostgreSQL) else table
+
+    def insert_execution(self, execution_id: int, name: str, external_id: str | None = None) -> None:
+        """What Data Flow writes before a launch: the id, the name, LAST_UPDATED; then the pod name."""
+        external = "NULL" if external_id is None else f"'{external_id}'"
+        self.server.admin(f"INSERT INTO {self.table('EXECUTION')} (TASK_EXECUTION_ID, TASK_NAME, LAST_UPDATED, "
+                          f"EXTERNAL_EXECUTION_ID) VALUES ({execution_id}, '{name}', CURRENT_TIMESTAMP, {external})",
+                          database=self.name)
+
+    def rows(self) -> dict[int, dict[str, Any]]:
+        rows = self.server.admin(f"SELECT {', '.join(COLUMNS)} FROM {self.table('EXECUTION')}", database=self.name)
+        return {row[0]: dict(zip(COLUMNS, row, strict=True)) for row in rows}
+
+    def params(self, execution_id: int) -> list[str]:
+        rows = self.server.admin(f"SELECT TASK_PARAM FROM {self.table('EXECUTION_PARAMS')} "
+                                 f"WHERE TASK_EXECUTION_ID = {execution_id}", database=self.name)
+        return [row[0] for row in rows]
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDB]:
+    server = MariaDB().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def postgresql() -> Iterator[PostgreSQL]:
+    server = PostgreSQL().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(params=["mariadb", "postgresql"])
+def server(request: pytest.FixtureRequest) -> MariaDB | PostgreSQL:
+    return request.getfixturevalue(request.param)
+
+
+def new_task_db(server: MariaDB | PostgreSQL, prefix: str = "TASK_", schema: str | None = None,
+                user: str = "scdf", password: str = "scdf-secret", tables: bool = True) -> TaskDatabase:
+    """A fresh database with the task tables of the server's own schema (or ``schema``), under ``prefix``."""
+    name = f"task_{uuid.uuid4().hex[:10]}"
+    server.create_database(name, user, password, task_ddl(schema or server.name, prefix) if tables else "")
+    return TaskDatabase(server, name, user, password, prefix)
+
+
+@pytest.fixture
+def task_db(server: MariaDB | PostgreSQL) -> Callable[..., TaskDatabase]:
+    """``new_task_db`` on each server in turn."""
+    return lambda **kwargs: new_task_db(server, **kwargs)

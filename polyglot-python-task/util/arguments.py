@@ -1,0 +1,179 @@
+"""Where every property is read: Spring Boot's sources, precedence and relaxed names.
+
+Precedence: command-line ``--key=value`` > ``SPRING_APPLICATION_JSON`` > environment
+variables (``SPRING_CLOUD_STREAM_BINDINGS_INPUT_DESTINATION`` or dotted names) > defaults.
+Names are compared relaxed: case-insensitive, ``-`` and ``_`` ignored inside a segment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+_TRUE = frozenset({"true", "on", "yes", "1"})
+_FALSE = frozenset({"false", "off", "no", "0"})
+_PLACEHOLDER = re.compile(r"\$\{([^}:]*)(?::([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """A missing or malformed property; the message names it and what to do."""
+
+
+@dataclass(frozen=True)
+class Property:
+    """One property an app reads, declared once: the code, the README and the image metadata use it."""
+
+    name: str
+    type: type = str
+    default: Any = None
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    secret: bool = False
+
+
+def canonical(name: str) -> str:
+    """Relaxed form of a dotted name: lower case, ``-`` and ``_`` dropped inside each segment."""
+    return ".".join(s.replace("-", "").replace("_", "").lower() for s in name.strip().split("."))
+
+
+def env_canonical(name: str) -> str:
+    """Relaxed form of an environment variable name: ``_`` separates segments unless dots are used."""
+    return canonical(name if "." in name else name.replace("_", "."))
+
+
+def parse_argv(argv: Iterable[str]) -> dict[str, str]:
+    """``--key=value`` options, split at the first ``=``; anything else is not a property."""
+    found: dict[str, str] = {}
+    for arg in argv:
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            if key:
+                found[key] = value
+    return found
+
+
+def flatten_json(text: str) -> dict[str, str]:
+    """``SPRING_APPLICATION_JSON``: a flat (or nested) JSON object, values turned into strings."""
+    try:
+        document = json.loads(text)
+    except ValueError as error:
+        raise ConfigError(f"SPRING_APPLICATION_JSON is not valid JSON ({error}); pass a JSON object") from None
+    if not isinstance(document, dict):
+        raise ConfigError("SPRING_APPLICATION_JSON must be a JSON object of property names to values")
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(f"{prefix}[{index}]", item)
+        elif isinstance(value, bool):
+            flat[prefix] = "true" if value else "false"
+        elif value is not None:
+            flat[prefix] = str(value)
+
+    walk("", document)
+    return flat
+
+
+class Properties:
+    """The resolved property sources of one process, highest precedence first."""
+
+    def __init__(self, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> None:
+        argv = sys.argv[1:] if argv is None else argv
+        environ = os.environ if environ is None else environ
+        app_json = environ.get("SPRING_APPLICATION_JSON", "")
+        self._layers: list[dict[str, tuple[str, str]]] = [
+            {canonical(k): (k, v) for k, v in parse_argv(argv).items()},
+            {canonical(k): (k, v) for k, v in flatten_json(app_json).items()} if app_json.strip() else {},
+            {env_canonical(k): (k, v) for k, v in environ.items()},
+        ]
+
+    def raw(self, name: str, *aliases: str) -> str | None:
+        """The value of ``name`` (or an alias) from the highest source that sets it, or None."""
+        keys = [canonical(n) for n in (name, *aliases)]
+        for layer in self._layers:
+            for key in keys:
+                if key in layer:
+                    value = self._resolve(layer[key][1], depth=0)
+                    if value is not None and value != "":
+                        return value
+        return None
+
+    def get(self, prop: Property) -> Any:
+        """The typed value of a declared property; ConfigError names it when missing or malformed."""
+        value = self.raw(prop.name, *prop.aliases)
+        if value is None:
+            if prop.required:
+                raise ConfigError(f"Missing required property '{prop.name}': {prop.description}")
+            return prop.default
+        return convert(prop, value)
+
+    def subtree(self, prefix: str) -> dict[str, str]:
+        """Every ``prefix.<key>=value`` as ``{<key>: value}``, keys relaxed (Kafka keys are lower-case dotted)."""
+        start = canonical(prefix) + "."
+        merged: dict[str, str] = {}
+        for layer in reversed(self._layers):
+            for key, (_, value) in layer.items():
+                if key.startswith(start):
+                    merged[key[len(start):]] = value
+        resolved = {key: self._resolve(value, depth=0) for key, value in merged.items()}
+        return {key: value for key, value in resolved.items() if value}
+
+    def _resolve(self, value: str, depth: int) -> str | None:
+        """Replace ``${name:default}`` placeholders; an unresolvable one makes the value absent."""
+        if "${" not in value:
+            return value
+        if depth > 8:
+            return None
+        missing = False
+
+        def substitute(match: re.Match[str]) -> str:
+            nonlocal missing
+            key = canonical(match.group(1))
+            for layer in self._layers:
+                if key in layer:
+                    found = self._resolve(layer[key][1], depth + 1)
+                    if found is not None:
+                        return found
+            if match.group(2) is not None:
+                return match.group(2)
+            missing = True
+            return ""
+
+        resolved = _PLACEHOLDER.sub(substitute, value)
+        return None if missing or "${" in resolved else resolved
+
+
+def convert(prop: Property, value: str) -> Any:
+    """Parse a raw string as the property's type; ConfigError names the property on a bad value."""
+    shown = "<hidden>" if prop.secret else repr(value[:100])
+    text = value.strip()
+    if prop.type is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ConfigError(f"Invalid value {shown} for property '{prop.name}': expected true or false")
+    if prop.type in (int, float):
+        try:
+            return prop.type(text)
+        except ValueError:
+            kind = "a whole number" if prop.type is int else "a number"
+            raise ConfigError(f"Invalid value {shown} for property '{prop.name}': expected {kind}") from None
+    if prop.choices:
+        for choice in prop.choices:
+            if text.lower() == choice.lower():
+                return choice
+        expected = ", ".join(prop.choices)
+        raise ConfigError(f"Invalid value {shown} for property '{prop.name}': expected one of {expected}")
+    return value

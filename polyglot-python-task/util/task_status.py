@@ -1,0 +1,270 @@
+"""Spring Cloud Task's lifecycle on Data Flow's database: the TASK_EXECUTION row and its params.
+
+Each step commits at once, so Data Flow and the Composed Task Runner see it. A row is always
+finalized: on success, on an exception, and on SIGTERM. Never fake success: if the database cannot
+record the outcome, the process exits non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    func,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from . import logs
+from .arguments import ConfigError, Properties, Property
+from .datasource import PROPERTIES as DATASOURCE_PROPERTIES
+from .datasource import Datasource, datasource
+
+log = logging.getLogger(__name__)
+
+TABLE_PREFIX = Property("spring.cloud.task.tablePrefix", str, "TASK_",
+                        "Prefix of the task tables (Data Flow 2.11 passes BOOT3_TASK_ for Boot 3 apps).")
+EXECUTION_ID = Property("spring.cloud.task.executionid", int, None,
+                        "Execution row that Data Flow created; absent: the task creates its own.")
+TASK_NAME = Property("spring.cloud.task.name", str, None, "Task name; default spring.application.name.")
+APP_NAME = Property("spring.application.name", str, "application", "Application name, the default task name.")
+PARENT_ID = Property("spring.cloud.task.parent-execution-id", int, None, "Execution id of the composed task.")
+EXTERNAL_ID = Property("spring.cloud.task.external-execution-id", str, None,
+                       "External execution id, kept only when the server set none.")
+INITIALIZE = Property("spring.cloud.task.initialize-enabled", bool, True,
+                      "Create the task tables when they are missing.")
+PROPERTIES = (*DATASOURCE_PROPERTIES, TABLE_PREFIX, EXECUTION_ID, TASK_NAME, APP_NAME, PARENT_ID, EXTERNAL_ID,
+              INITIALIZE, *logs.PROPERTIES)
+MESSAGE_SIZE = 2500  # EXIT_MESSAGE, ERROR_MESSAGE and TASK_PARAM are VARCHAR(2500)
+_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,49}$")
+# What a table prefix renames in the DDL: tables, the sequence and constraint names (never columns).
+_PREFIXED = re.compile(r"\bTASK_(EXECUTION_PARAMS|EXECUTION|TASK_BATCH|SEQ|LOCK|EXEC_PARAMS_FK|EXEC_BATCH_FK)\b")
+_SECRET_KEY = re.compile(r"password|secret|credential|token|jaas", re.I)
+
+
+class TaskTerminatedError(Exception):
+    """SIGTERM or SIGINT arrived while the task body ran."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"Task terminated by {signal.Signals(signum).name}")
+        self.exit_code = 128 + signum
+
+
+@dataclass(frozen=True)
+class TaskExecution:
+    """What the task body knows of its run."""
+
+    id: int
+    name: str
+
+
+class TaskRepository:
+    """The task tables of one database, under one prefix."""
+
+    def __init__(self, source: Datasource, prefix: str) -> None:
+        if not _IDENTIFIER.match(prefix):
+            raise ConfigError(f"Invalid value for property '{TABLE_PREFIX.name}': a table prefix is letters, "
+                              "digits and underscores, starting with a letter (such as TASK_)")
+        self.source, self.prefix = source, prefix
+        # NullPool: a fresh connection for each step, so a long task body outlives no idle connection.
+        self.engine: Engine = create_engine(source.url, poolclass=NullPool)
+        # PostgreSQL folds the DDL's unquoted names to lower case; MySQL keeps them as written.
+        fold = str.lower if source.dialect == "postgresql" else str
+        metadata = MetaData()
+        self.execution = Table(
+            fold(f"{prefix}EXECUTION"), metadata,
+            Column("task_execution_id", BigInteger, primary_key=True), Column("start_time", DateTime),
+            Column("end_time", DateTime), Column("task_name", String(100)), Column("exit_code", Integer),
+            Column("exit_message", String(MESSAGE_SIZE)), Column("error_message", String(MESSAGE_SIZE)),
+            Column("last_updated", DateTime), Column("external_execution_id", String(255)),
+            Column("parent_execution_id", BigInteger))
+        self.params = Table(fold(f"{prefix}EXECUTION_PARAMS"), metadata,
+                            Column("task_execution_id", BigInteger), Column("task_param", String(MESSAGE_SIZE)))
+        self.sequence = fold(f"{prefix}SEQ")
+
+    def initialize(self) -> None:
+        """Create the tables from the dialect's Spring Cloud Task DDL when the execution table is missing."""
+        with self.engine.begin() as connection:
+            if inspect(connection).has_table(self.execution.name):
+                return
+            ddl = resources.files(__package__).joinpath("schema", f"schema-{self._schema()}.sql").read_text()
+            for statement in (s.strip() for s in ddl.split(";")):
+                if statement:
+                    statement = _PREFIXED.sub(lambda m: self.prefix + m.group(1), statement)
+                    if self.prefix != "TASK_":  # PostgreSQL names the key's index after it: keep it unique
+                        statement = re.sub(r"\bLOCK_PK\b", f"{self.prefix}LOCK_PK", statement)
+                    connection.execute(text(statement))
+        log.info("Created the task tables with prefix %s in the %s", self.prefix, self.source.where)
+
+    def _schema(self) -> str:
+        if self.source.dialect != "mysql":
+            return self.source.dialect
+        with self.engine.connect() as connection:
+            version = connection.execute(text("SELECT VERSION()")).scalar_one()
+        return "mariadb" if "mariadb" in str(version).lower() else "mysql"
+
+    def start(self, execution_id: int | None, name: str, external_id: str | None, parent_id: int | None,
+              arguments: Sequence[str]) -> int:
+        """Record the start, as Spring Cloud Task does, in one transaction; returns the execution id."""
+        now = datetime.now()
+        with self.engine.begin() as connection:
+            if execution_id is None:
+                execution_id = self._next_id(connection)
+                connection.execute(self.execution.insert().values(
+                    task_execution_id=execution_id, start_time=now, task_name=name, last_updated=now,
+                    external_execution_id=external_id, parent_execution_id=parent_id))
+            else:
+                row = self.execution.c
+                updated = connection.execute(self.execution.update().where(row.task_execution_id == execution_id)
+                                             .values(start_time=now, task_name=name, last_updated=now,
+                                                     parent_execution_id=parent_id,
+                                                     external_execution_id=func.coalesce(
+                                                         row.external_execution_id, external_id)))
+                if updated.rowcount == 0:
+                    raise LookupError(f"no row {execution_id} in {self.execution.name} of the {self.source.where}; "
+                                      f"check '{EXECUTION_ID.name}' and '{TABLE_PREFIX.name}'")
+            if arguments:
+                connection.execute(self.params.insert(), [
+                    {"task_execution_id": execution_id, "task_param": sanitize(arg)[:MESSAGE_SIZE]}
+                    for arg in arguments])
+        return execution_id
+
+    def _next_id(self, connection: Any) -> int:
+        """The next id from TASK_SEQ, the way of each dialect."""
+        if self.source.dialect == "postgresql":
+            return connection.execute(text(f"SELECT nextval('{self.sequence}')")).scalar_one()
+        if self.source.dialect == "mysql":
+            kind = connection.execute(text(
+                "SELECT TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"),
+                {"t": self.sequence}).scalar_one_or_none()
+            if kind == "SEQUENCE":  # MariaDB
+                return connection.execute(text(f"SELECT NEXTVAL({self.sequence})")).scalar_one()
+            connection.execute(text(f"UPDATE {self.sequence} SET ID = LAST_INSERT_ID(ID + 1)"))
+            return connection.execute(text("SELECT LAST_INSERT_ID()")).scalar_one()
+        connection.execute(text(f"UPDATE {self.sequence} SET ID = ID + 1"))  # SQLite: serialised by the write lock
+        return connection.execute(text(f"SELECT ID FROM {self.sequence}")).scalar_one()
+
+    def finish(self, execution_id: int, exit_code: int, exit_message: str | None, error: str | None) -> None:
+        """Record END_TIME, EXIT_CODE, EXIT_MESSAGE and ERROR_MESSAGE."""
+        now = datetime.now()
+        with self.engine.begin() as connection:
+            connection.execute(self.execution.update()
+                               .where(self.execution.c.task_execution_id == execution_id)
+                               .values(end_time=now, exit_code=exit_code, last_updated=now,
+                                       exit_message=exit_message[:MESSAGE_SIZE] if exit_message else None,
+                                       error_message=error[:MESSAGE_SIZE] if error else None))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every execution row, oldest first (for the demo and operators)."""
+        with self.engine.connect() as connection:
+            result = connection.execute(select(self.execution).order_by(self.execution.c.task_execution_id))
+            return [dict(row._mapping) for row in result]
+
+
+def sanitize(argument: str) -> str:
+    """A launch argument as TASK_EXECUTION_PARAMS keeps it: secrets masked, as Data Flow shows them."""
+    key, sep, _ = argument.partition("=")
+    if sep and _SECRET_KEY.search(key):
+        return f"{key}=******"
+    return re.sub(r"(?i)(password=)[^&;]*", r"\1******", argument)
+
+
+# The task body: the execution in, keyword options from properties, an optional exit message out.
+Body = Callable[..., str | None]
+
+
+def run_task(body: Body, options: Mapping[str, Property]) -> None:
+    """Record the run around ``body(execution, **options)`` and exit 0, 1 (exception) or 128+signal."""
+    logs.start_logging()
+    signals = _Signals()
+    try:
+        properties = Properties()
+        logs.configure_logging(properties)
+        values = {name: properties.get(prop) for name, prop in options.items()}
+        source = datasource(properties)
+        repository = TaskRepository(source, properties.get(TABLE_PREFIX))
+        name = properties.get(TASK_NAME) or properties.get(APP_NAME)
+        launch = (properties.get(EXECUTION_ID), name, properties.get(EXTERNAL_ID), properties.get(PARENT_ID))
+        initialize = properties.get(INITIALIZE) or source.dialect == "sqlite"
+    except ConfigError as error:
+        log.error("Configuration error: %s", error)
+        sys.exit(1)
+    try:
+        if initialize:
+            repository.initialize()
+        execution = TaskExecution(repository.start(*launch, sys.argv[1:]), name)
+    except (SQLAlchemyError, LookupError) as error:
+        log.error("Cannot record the task start in the %s: %s", source.where, _reason(error))
+        sys.exit(1)
+    try:
+        with signals.armed():
+            exit_message = body(execution, **values)
+        exit_code, error_text = 0, None
+    except TaskTerminatedError as error:
+        log.warning("%s: recording execution %d as failed", error, execution.id)
+        exit_code, exit_message, error_text = error.exit_code, None, str(error)
+    except Exception as error:  # noqa: BLE001 - any failure of the body is the task's failure
+        log.error("Task %s (execution %d) failed: %s", execution.name, execution.id, error)
+        exit_code, exit_message, error_text = 1, None, "".join(traceback.format_exception(error))
+    try:
+        repository.finish(execution.id, exit_code, exit_message, error_text)
+    except SQLAlchemyError as error:
+        log.error("Cannot record the end of execution %d in the %s: %s", execution.id, source.where, _reason(error))
+        sys.exit(exit_code or 1)
+    log.info("Execution %d of %s %s (exit code %d)", execution.id, execution.name,
+             "completed" if exit_code == 0 else "failed", exit_code)
+    sys.exit(exit_code)
+
+
+class _Signals:
+    """SIGTERM/SIGINT end the body with TaskTerminatedError; outside it they wait their turn, never kill."""
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.live = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.live:
+            self.live = False
+            raise TaskTerminatedError(signum)
+        self.pending = self.pending or signum
+
+    @contextmanager
+    def armed(self) -> Iterator[None]:
+        if self.pending:
+            raise TaskTerminatedError(self.pending)
+        self.live = True
+        try:
+            yield
+        finally:
+            self.live = False
+
+
+def _reason(error: Exception) -> str:
+    """The driver's own message, one line, without SQLAlchemy's statement and link."""
+    cause = getattr(error, "orig", None) or error
+    return " ".join(str(cause).split())[:300]
