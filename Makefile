@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-RECIPES := polyglot-python-processor polyglot-python-app
+RECIPES := polyglot-python-processor polyglot-python-app polyglot-python-task
 
 .PHONY: demo test lint docs system-deps clean
 
@@ -27,11 +27,17 @@ $(STAMP): requirements-dev.txt $(addsuffix /requirements.txt,$(RECIPES)) | syste
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-# Debian packages the venv needs on a fresh machine; installed only when missing (root or sudo).
+# Debian packages on a fresh machine, installed only when missing (as root, or with sudo): the venv, the
+# build of mysqlclient, and the MariaDB and PostgreSQL servers the task tests start.
+DEBS := python3-venv python3-dev gcc pkg-config default-libmysqlclient-dev mariadb-server postgresql
 system-deps:
-	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	@missing=$$(dpkg-query -W -f='$${db:Status-Abbrev} $${Package}\n' $(DEBS) 2>&1 | awk '$$1 != "ii" {print $$NF}'); \
+	if [ -n "$$missing" ]; then \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q python3 python3-venv python3-dev; }
+	  echo "Installing Debian packages: $$missing"; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEBS); \
+	fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

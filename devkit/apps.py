@@ -22,14 +22,15 @@ class App:
     """One recipe process; its merged stdout and stderr go to a file that tests read."""
 
     def __init__(self, script: str, args: Sequence[str] = (), env: Mapping[str, str] | None = None,
-                 log_path: Path | None = None, python: str = sys.executable) -> None:
+                 log_path: Path | None = None, python: str = sys.executable, cwd: Path | None = None) -> None:
         self.script = ROOT / script
         self.log_path = log_path or Path(os.devnull)
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("SPRING_", "SERVER_"))}
         environ.update(env or {})
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen([python, self.script.name, *args], cwd=self.script.parent, env=environ,
-                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            # The script's own folder comes first on its path (its util), wherever it runs.
+            self.process = subprocess.Popen([python, str(self.script), *args], cwd=cwd or self.script.parent,
+                                            env=environ, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     @property
     def log(self) -> str:

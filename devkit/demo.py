@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -127,6 +128,29 @@ def router_demo(broker: Tansu, workdir: Path) -> None:
         print(f"-- router log ({app.log_path}):\n{app.log}")
 
 
+def task_demo(workdir: Path) -> None:
+    print('\n== task create --name python-task --definition "python-task-with-status"')
+    print("   (no spring.datasource.url: the task records its runs in an embedded SQLite file, as Spring Cloud Task")
+    print("   falls back to an embedded database)")
+    for extra in ([], ["--error.message=MyTestError"]):
+        arguments = f' --arguments "{" ".join(extra)}"' if extra else ""
+        print(f"== task launch --name python-task{arguments}")
+        app = App("polyglot-python-task/python_task.py", ["--sleep.seconds=1", "--spring.cloud.task.name=python-task",
+                                                          *extra], log_path=workdir / "task.log", cwd=workdir)
+        try:
+            print(f"   exit code {app.wait(60)}; log:\n{app.log}")
+        finally:
+            app.kill()
+    columns = ("TASK_EXECUTION_ID", "TASK_NAME", "START_TIME", "END_TIME", "EXIT_CODE", "EXIT_MESSAGE", "ERROR_MESSAGE")
+    with sqlite3.connect(workdir / "task-executions.db") as db:
+        rows = db.execute(f"SELECT {', '.join(columns)} FROM TASK_EXECUTION ORDER BY 1").fetchall()
+    print("== TASK_EXECUTION rows:")
+    for row in rows:
+        shown = {c: (v.splitlines()[-1] if isinstance(v, str) and c == "ERROR_MESSAGE" else v)
+                 for c, v in zip(columns, row, strict=True)}
+        print("   " + ", ".join(f"{c}={v}" for c, v in shown.items()))
+
+
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="polyglot-demo-") as tmp:
@@ -136,6 +160,7 @@ def main() -> int:
         try:
             processor_demo(broker, workdir)
             router_demo(broker, workdir)
+            task_demo(workdir)
         finally:
             broker.stop()
     return 0

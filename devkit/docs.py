@@ -8,7 +8,8 @@ import sys
 from .properties import ROOT, markdown_table
 
 DOCS = {"processor": ("README.md", "polyglot-python-processor/README.md"),
-        "router": ("README.md", "polyglot-python-app/README.md")}
+        "router": ("README.md", "polyglot-python-app/README.md"),
+        "task": ("README.md", "polyglot-python-task/README.md")}
 BLOCK = "<!-- properties:{recipe} -->\n{table}<!-- /properties -->"
 
 

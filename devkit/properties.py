@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# recipe: folder, script module, output bindings (None: a task)
 RECIPES = {"processor": ("polyglot-python-processor", "python_processor", ("output",)),
-           "router": ("polyglot-python-app", "python_router_app", ("even", "odd"))}
+           "router": ("polyglot-python-app", "python_router_app", ("even", "odd")),
+           "task": ("polyglot-python-task", "python_task", None)}
 _TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
 
 
@@ -24,6 +26,8 @@ def recipe_properties(recipe: str) -> tuple[list[Any], tuple[str, ...]]:
         del sys.modules[name]
     try:
         script = importlib.import_module(module)
+        if outputs is None:
+            return [*script.OPTIONS.values(), *importlib.import_module("util.task_status").PROPERTIES], ()
         binder = importlib.import_module("util.binder")
         fallback = getattr(script, "GROUP_FALLBACK", None)
         return binder.app_properties(outputs, script.OPTIONS, fallback), binder.PASS_THROUGH

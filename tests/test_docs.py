@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import FIXTURES, ROOT
 from devkit.docs import DOCS, render
 from devkit.properties import recipe_properties
 from util.arguments import canonical
 
 RECIPE_FOLDERS = sorted(p.parent for p in ROOT.glob("polyglot-python-*/Dockerfile"))
-APP_NAMES = {"processor": "python-processor", "router": "python-router"}  # as the READMEs register them
+APP_NAMES = {"processor": "python-processor", "router": "python-router",  # as the READMEs register them
+             "task": "python-task-with-status"}
 
 
 @pytest.mark.parametrize("recipe", sorted(DOCS))
@@ -64,3 +65,11 @@ def test_router_deployment_properties_set_only_what_the_router_reads() -> None:
              ("input.destination", "input.group", "even.destination", "odd.destination")}
     assert wired <= set(keys)
     assert all(canonical(key) in declared for key in keys)
+
+
+def test_task_ships_the_spring_cloud_task_ddl_unchanged() -> None:
+    fixtures = sorted(FIXTURES.glob("schema-*.sql"))
+    assert fixtures
+    for fixture in fixtures:
+        shipped = ROOT / "polyglot-python-task" / "util" / "schema" / fixture.name
+        assert shipped.read_text() == fixture.read_text(), f"{shipped} differs from {fixture}"
