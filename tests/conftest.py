@@ -181,10 +181,11 @@ class TaskDatabase:
     user: str
     password: str
     prefix: str = "TASK_"
+    scheme: str | None = None  # the JDBC scheme, if not the server's own (jdbc:mysql: for MariaDB)
 
     @property
     def url(self) -> str:
-        return f"jdbc:{self.server.scheme}://127.0.0.1:{self.server.port}/{self.name}?connectTimeout=5"
+        return f"jdbc:{self.scheme or self.server.scheme}://127.0.0.1:{self.server.port}/{self.name}?connectTimeout=5"
 
     @property
     def args(self) -> list[str]:

@@ -91,7 +91,9 @@ def test_launch_without_execution_id_creates_rows_from_task_seq(
 
 
 def test_launch_without_execution_id_with_the_mysql_task_seq_table(mariadb: MariaDB, start_app: StartApp) -> None:
-    assert_own_rows(new_task_db(mariadb, schema="mysql"), start_app)  # TASK_SEQ as a one-row table
+    db = new_task_db(mariadb, schema="mysql")  # TASK_SEQ as a one-row table
+    db.scheme = "mysql"  # and a Connector/J URL, as a MySQL install of Data Flow passes it
+    assert_own_rows(db, start_app)
 
 
 def assert_own_rows(db: TaskDatabase, start_app: StartApp) -> None:
@@ -202,3 +204,14 @@ def test_secrets_are_masked_in_params() -> None:
     assert sanitize("--spring.datasource.url=jdbc:mysql://h/d?password=x&a=1") == (
         "--spring.datasource.url=jdbc:mysql://h/d?password=******&a=1")
     assert sanitize("--error.message=x") == "--error.message=x"
+
+
+def test_body_calling_sys_exit_still_finalizes_the_row(tmp_path: Path) -> None:
+    body = ("import sys; sys.path.insert(0, sys.argv[1]); from util.task_status import run_task; "
+            "run_task(lambda execution: sys.exit(3), {})")
+    done = subprocess.run([sys.executable, "-c", body, str(ROOT / "polyglot-python-task")], cwd=tmp_path,
+                          timeout=60, capture_output=True, check=False)
+    assert done.returncode == 3
+    row = sqlite3.connect(tmp_path / "task-executions.db").execute(
+        "SELECT EXIT_CODE, END_TIME IS NOT NULL, ERROR_MESSAGE FROM TASK_EXECUTION").fetchone()
+    assert row == (3, 1, "Task exited with code 3")

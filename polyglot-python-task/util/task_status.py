@@ -225,6 +225,9 @@ def run_task(body: Body, options: Mapping[str, Property]) -> None:
     except TaskTerminatedError as error:
         log.warning("%s: recording execution %d as failed", error, execution.id)
         exit_code, exit_message, error_text = error.exit_code, None, str(error)
+    except SystemExit as error:  # the body called sys.exit(): its code is the outcome
+        exit_code = error.code if isinstance(error.code, int) else int(error.code is not None)
+        exit_message, error_text = None, None if exit_code == 0 else f"Task exited with code {exit_code}"
     except Exception as error:  # noqa: BLE001 - any failure of the body is the task's failure
         log.error("Task %s (execution %d) failed: %s", execution.name, execution.id, error)
         exit_code, exit_message, error_text = 1, None, "".join(traceback.format_exception(error))
