@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .tansu import accepts, free_port
-from .waiting import wait_for
+from .waiting import terminate, wait_for
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -40,13 +40,7 @@ class _Server:
             raise RuntimeError(f"{self.name} exited: {(self.dir / 'server.log').read_text()[-2000:]}")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        terminate(self.process, 30)
 
     def remove(self) -> None:
         self.stop()

