@@ -157,7 +157,9 @@ def start_processor(start_stream_app: Callable[..., App]) -> Callable[..., App]:
 
 
 # -- task databases ------------------------------------------------------------------------------
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "spring-cloud-task"
+# The project's fixtures when shared/ sits beside the clone (as in CI), else the identical copy the task ships.
+SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures" / "spring-cloud-task"
+FIXTURES = SHARED_FIXTURES if SHARED_FIXTURES.is_dir() else ROOT / "polyglot-python-task" / "util" / "schema"
 TASK_SCRIPT = "polyglot-python-task/python_task.py"
 COLUMNS = ("TASK_EXECUTION_ID", "START_TIME", "END_TIME", "TASK_NAME", "EXIT_CODE", "EXIT_MESSAGE", "ERROR_MESSAGE",
            "LAST_UPDATED", "EXTERNAL_EXECUTION_ID", "PARENT_EXECUTION_ID")

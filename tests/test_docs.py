@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, ROOT
+from conftest import ROOT, SHARED_FIXTURES
 from devkit.docs import DOCS, render
 from devkit.properties import recipe_properties
 from util.arguments import canonical
@@ -68,7 +68,9 @@ def test_router_deployment_properties_set_only_what_the_router_reads() -> None:
 
 
 def test_task_ships_the_spring_cloud_task_ddl_unchanged() -> None:
-    fixtures = sorted(FIXTURES.glob("schema-*.sql"))
+    if not SHARED_FIXTURES.is_dir():
+        pytest.skip("no shared/ beside this clone: the Spring Cloud Task fixtures are not here to compare")
+    fixtures = sorted(SHARED_FIXTURES.glob("schema-*.sql"))
     assert fixtures
     for fixture in fixtures:
         shipped = ROOT / "polyglot-python-task" / "util" / "schema" / fixture.name
