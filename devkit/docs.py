@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import sys
 
-from .properties import ROOT, markdown_table
+from .metadata import render_dockerfile
+from .properties import RECIPES, ROOT, markdown_table
 
 DOCS = {"processor": ("README.md", "polyglot-python-processor/README.md"),
         "router": ("README.md", "polyglot-python-app/README.md"),
@@ -23,6 +24,8 @@ def main() -> int:
         for name in files:
             path = ROOT / name
             path.write_text(render(path.read_text(), recipe))
+        dockerfile = ROOT / RECIPES[recipe][0] / "Dockerfile"
+        dockerfile.write_text(render_dockerfile(dockerfile.read_text(), recipe))
     return 0
 
 

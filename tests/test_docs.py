@@ -10,7 +10,8 @@ import pytest
 
 from conftest import ROOT, SHARED_FIXTURES
 from devkit.docs import DOCS, render
-from devkit.properties import recipe_properties
+from devkit.metadata import LABEL, render_dockerfile
+from devkit.properties import RECIPES, recipe_properties
 from util.arguments import canonical
 
 RECIPE_FOLDERS = sorted(p.parent for p in ROOT.glob("polyglot-python-*/Dockerfile"))
@@ -75,3 +76,18 @@ def test_task_ships_the_spring_cloud_task_ddl_unchanged() -> None:
     for fixture in fixtures:
         shipped = ROOT / "polyglot-python-task" / "util" / "schema" / fixture.name
         assert shipped.read_text() == fixture.read_text(), f"{shipped} differs from {fixture}"
+
+
+@pytest.mark.parametrize("recipe", sorted(DOCS))
+def test_dockerfile_metadata_label_is_generated_from_the_code(recipe: str) -> None:
+    dockerfile = ROOT / RECIPES[recipe][0] / "Dockerfile"
+    text = dockerfile.read_text()
+    assert LABEL in text
+    assert render_dockerfile(text, recipe) == text, f"{dockerfile} is stale: run `make docs`"
+
+
+def test_one_pinned_base_image_for_all_recipes() -> None:
+    bases = {line.split()[1] for folder in RECIPE_FOLDERS
+             for line in (folder / "Dockerfile").read_text().splitlines() if line.startswith("FROM ")}
+    assert len(bases) == 1, bases
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", bases.pop())
