@@ -6,7 +6,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RECIPES := polyglot-python-processor polyglot-python-app polyglot-python-task
 
-.PHONY: demo test lint docs system-deps clean
+# Images: $(CONTAINER_ENGINE) is docker, podman or buildah; each recipe folder builds one image.
+CONTAINER_ENGINE ?= docker
+IMAGE_PREFIX ?= polyglot
+TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+BUILD_FLAGS ?=
+
+.PHONY: demo test lint docs images push system-deps clean
 
 demo: $(STAMP)
 	$(PY) -m devkit.demo
@@ -18,6 +25,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/hadolint $(addsuffix /Dockerfile,$(RECIPES))
 
+images:
+	@for recipe in $(RECIPES); do \
+	  echo "== $(IMAGE_PREFIX)/$$recipe:$(TAG)"; \
+	  $(CONTAINER_ENGINE) build $(BUILD_FLAGS) --build-arg VERSION=$(TAG) --build-arg REVISION=$(REVISION) \
+	    -t $(IMAGE_PREFIX)/$$recipe:$(TAG) $$recipe || exit 1; \
+	done
+
+push:
+	@for recipe in $(RECIPES); do $(CONTAINER_ENGINE) push $(IMAGE_PREFIX)/$$recipe:$(TAG) || exit 1; done
+
 docs: $(STAMP)
 	$(PY) -m devkit.docs
 
@@ -28,8 +45,10 @@ $(STAMP): requirements-dev.txt $(addsuffix /requirements.txt,$(RECIPES)) | syste
 	touch $@
 
 # Debian packages on a fresh machine, installed only when missing (as root, or with sudo): the venv, the
-# build of mysqlclient, and the MariaDB and PostgreSQL servers the task tests start.
-DEBS := python3-venv python3-dev gcc pkg-config default-libmysqlclient-dev mariadb-server postgresql
+# build of mysqlclient, the MariaDB and PostgreSQL servers the task tests start, and what the container
+# tests build and run the real Dockerfiles with (no Docker engine needed).
+DEBS := python3-venv python3-dev gcc pkg-config default-libmysqlclient-dev mariadb-server postgresql \
+        podman buildah runc debootstrap
 system-deps:
 	@missing=$$(dpkg-query -W -f='$${db:Status-Abbrev} $${Package}\n' $(DEBS) 2>&1 | awk '$$1 != "ii" {print $$NF}'); \
 	if [ -n "$$missing" ]; then \

@@ -18,6 +18,17 @@ from .waiting import wait_for
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """Status and body of ``GET http://127.0.0.1:<port><path>``; status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except (urllib.error.URLError, OSError) as error:
+        return 0, str(error)
+
+
 class App:
     """One recipe process; its merged stdout and stderr go to a file that tests read."""
 
@@ -51,11 +62,7 @@ class App:
         return int(self.wait_for_log(r"Actuator started on port (\d+)").group(1))
 
     def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
+        return http_get(self.port, path)
 
     def json(self, path: str) -> dict:
         return json.loads(self.get(path)[1])

@@ -91,3 +91,12 @@ def test_one_pinned_base_image_for_all_recipes() -> None:
              for line in (folder / "Dockerfile").read_text().splitlines() if line.startswith("FROM ")}
     assert len(bases) == 1, bases
     assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", bases.pop())
+
+
+def test_registered_images_are_the_ones_make_images_builds() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-t $(IMAGE_PREFIX)/$$recipe:$(TAG) $$recipe" in makefile  # image name = recipe folder
+    for readme in [ROOT / "README.md", *(folder / "README.md" for folder in RECIPE_FOLDERS)]:
+        for image in re.findall(r"--uri docker:<prefix>/([\w-]+):<tag>", readme.read_text()):
+            assert (ROOT / image / "Dockerfile").is_file(), f"{readme.name} registers {image}"
+    assert "make images IMAGE_PREFIX=<prefix> TAG=<tag>" in (ROOT / "README.md").read_text()
