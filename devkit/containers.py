@@ -50,8 +50,9 @@ def ensure_base_image(environ: Mapping[str, str]) -> str:
         subprocess.run(["debootstrap", "--variant=minbase",
                         "--include=python3,python3-dev,python3-venv,python3-pip,ca-certificates", "bookworm",
                         str(rootfs)], check=True, capture_output=True, timeout=900)
-        (rootfs / "usr/bin/python").symlink_to("python3")
-        (rootfs / "usr/bin/pip").symlink_to("pip3")
+        for link, target in (("python", "python3"), ("pip", "pip3")):
+            if not (rootfs / "usr/bin" / link).exists():
+                (rootfs / "usr/bin" / link).symlink_to(target)
         for marker in rootfs.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
             marker.unlink()
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
