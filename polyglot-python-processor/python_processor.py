@@ -9,6 +9,7 @@ from util.arguments import Property
 from util.binder import Message, run_processor
 from util.headers import is_text
 
+GRAPHEME = regex.compile(r"\X")
 REVERSE_STRING = Property("reversestring", bool, False, "Reverse the text of each message.",
                           aliases=("reverestring",))  # the seed's spelling still works
 OPTIONS = {"reverse_string": REVERSE_STRING}
@@ -16,7 +17,10 @@ OPTIONS = {"reverse_string": REVERSE_STRING}
 
 def reverse(text: str) -> str:
     """Reverse by grapheme clusters: accents stay on their letters, skin tones on their hands."""
-    return "".join(reversed(regex.findall(r"\X", text)))
+    if text.isascii() and "\r\n" not in text:
+        return text[::-1]  # in ASCII only CR LF is a cluster of two characters
+    # Keep the GIL: released per match, the Kafka I/O thread takes it each time and the loop crawls.
+    return "".join(reversed(GRAPHEME.findall(text, concurrent=False)))
 
 
 def transform(message: Message, reverse_string: bool) -> Message:

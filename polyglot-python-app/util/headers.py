@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import lru_cache
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -77,8 +78,14 @@ def outbound_headers(headers: Headers, media_type: str) -> list[tuple[str, bytes
     """Forward inbound headers byte for byte with their type entries, then set ``contentType``.
 
     ``contentType`` is JSON-quoted with a ``java.lang.String`` type entry: Spring Cloud Stream 2.x
-    consumers need both, 3.x and later read it too.
+    consumers need both, 3.x and later read it too. Records of one producer mostly share their headers,
+    so the result is cached by them.
     """
+    return list(_outbound_headers(tuple(headers), media_type))
+
+
+@lru_cache(maxsize=512)
+def _outbound_headers(headers: tuple[tuple[str, bytes], ...], media_type: str) -> tuple[tuple[str, bytes], ...]:
     try:
         inbound_types = header_types(headers)
     except HeaderError:
@@ -94,4 +101,4 @@ def outbound_headers(headers: Headers, media_type: str) -> list[tuple[str, bytes
     out.append((CONTENT_TYPE, json.dumps(media_type).encode()))
     types[CONTENT_TYPE] = "java.lang.String"
     out.append((TYPES_HEADER, json.dumps(types, separators=(",", ":")).encode()))
-    return out
+    return tuple(out)

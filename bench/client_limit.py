@@ -1,0 +1,30 @@
+"""The client's limit: the leanest kafka-python consume-produce loop (no processing, no commits, big batches).
+
+    python client_limit.py BOOTSTRAP INPUT OUTPUT COUNT
+"""
+
+import sys
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+
+def main(bootstrap: str, source: str, sink: str, count: int) -> None:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             max_partition_fetch_bytes=4 << 20, fetch_max_bytes=16 << 20)
+    consumer.assign([TopicPartition(source, p) for p in consumer.partitions_for_topic(source)])
+    consumer.seek_to_beginning()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, enable_idempotence=False, linger_ms=5,
+                             batch_size=256 << 10)
+    done = 0
+    while done < count:
+        for records in consumer.poll(timeout_ms=500, max_records=5000).values():
+            for record in records:
+                producer.send(sink, record.value)
+            done += len(records)
+    producer.flush()
+    producer.close()
+    consumer.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))

@@ -1,0 +1,387 @@
+"""``make bench``: throughput, latency, memory and start-up of the recipes next to the wire and client limits.
+
+Everything runs in one go on one embedded Tansu broker and writes ``bench/results/latest.{md,json,png}``.
+Throughput is read off the output records' own timestamps (first to last), so start-up and group joins
+are not counted. Environment: ``BENCH_RECORDS`` (200000) and ``BENCH_REPS`` (3) shrink a trial run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from devkit.apps import App, http_get
+from devkit.tansu import Tansu, free_port
+from devkit.waiting import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+RECORDS = int(os.environ.get("BENCH_RECORDS", "200000"))
+REPS = int(os.environ.get("BENCH_REPS", "3"))
+PARTITIONS = 4
+LATENCY_RATE, LATENCY_RECORDS = 100, 1000
+FAST_GROUPS = ["--spring.cloud.stream.kafka.binder.consumerProperties.session.timeout.ms=6000",
+               "--spring.cloud.stream.kafka.binder.consumerProperties.heartbeat.interval.ms=2000"]
+SCRIPTS = {"processor": "polyglot-python-processor/python_processor.py",
+           "router": "polyglot-python-app/python_router_app.py"}
+IMAGES = ("polyglot-python-processor", "polyglot-python-app", "polyglot-python-task")
+
+
+def value(i: int) -> str:
+    """100 bytes of text ending in a digit, so the router can route it too."""
+    return f"11/23/26 09:00:00 {'x' * 74}{i:08d}"
+
+
+class Bench:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.broker = Tansu(workdir / "tansu.log").start()
+        self.kcat_env = {**os.environ, "LD_LIBRARY_PATH": str(_librdkafka_dir(workdir))}
+        self.serial = 0
+
+    def name(self, kind: str) -> str:
+        self.serial += 1
+        return f"bench.{kind}.{self.serial}"
+
+    def sink(self) -> str:
+        """A fresh output topic with one partition, as every run here writes to."""
+        return self.create(self.name("out"), 1)
+
+    def kcat(self, *args: str, stdin: Any = None, timeout: float = 300) -> str:
+        done = subprocess.run(["kcat", "-b", self.broker.bootstrap, "-q", *args], env=self.kcat_env, stdin=stdin,
+                              capture_output=True, timeout=timeout, check=True)
+        return done.stdout.decode()
+
+    def create(self, topic: str, partitions: int = PARTITIONS) -> str:
+        from kafka import KafkaAdminClient
+        from kafka.admin import NewTopic
+
+        admin = KafkaAdminClient(bootstrap_servers=self.broker.bootstrap)
+        try:
+            admin.create_topics([NewTopic(topic, partitions, -1)])
+        finally:
+            admin.close()
+        return topic
+
+    def produce(self, topic: str) -> None:
+        """RECORDS values over the topic's partitions, each with a raw text/plain contentType."""
+        lines = self.workdir / "input.txt"
+        if not lines.exists():
+            lines.write_text("".join(value(i) + "\n" for i in range(RECORDS)))
+        with lines.open("rb") as source:
+            self.kcat("-P", "-t", topic, "-H", "contentType=text/plain", "-X", "linger.ms=5", stdin=source)
+
+    def throughput(self, outputs: dict[str, int]) -> float:
+        """Records per second between the first and the last output record's timestamp."""
+        stamps: list[int] = []
+        for topic, count in outputs.items():
+            if count:
+                found = self.kcat("-C", "-t", topic, "-o", "beginning", "-c", str(count), "-f", "%T\n").split()
+                stamps += [int(s) for s in found]
+        if len(stamps) < sum(outputs.values()):
+            raise RuntimeError(f"only {len(stamps)} of {sum(outputs.values())} output records arrived")
+        return len(stamps) / max((max(stamps) - min(stamps)) / 1000, 1e-3)
+
+    def app(self, kind: str, source: str, sinks: dict[str, str], group: str, *extra: str) -> App:
+        bindings = {"input.destination": source, "input.group": group,
+                    **{f"{binding}.destination": topic for binding, topic in sinks.items()}}
+        args = ["--server.port=0", "--reversestring=true", *FAST_GROUPS, *extra,
+                *(f"--spring.cloud.stream.bindings.{key}={value}" for key, value in bindings.items())]
+        return App(SCRIPTS[kind], args, {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": self.broker.bootstrap},
+                   self.workdir / f"{group}.log")
+
+    # -- the measurements ---------------------------------------------------------------------------
+    def run_app(self, kind: str, source: str) -> tuple[float, float]:
+        """Throughput of one app instance over the prepared input, and its peak RSS in MB."""
+        if kind == "router":
+            sinks = {"even": self.sink(), "odd": self.sink()}
+            outputs = {sinks["even"]: (RECORDS + 1) // 2, sinks["odd"]: RECORDS // 2}
+        else:
+            sinks = {"output": self.sink()}
+            outputs = {sinks["output"]: RECORDS}
+        app = self.app(kind, source, sinks, self.name("group"))
+        try:
+            rate = self.throughput(outputs)
+            rss = _peak_rss_mb(app.process.pid)
+            app.stop()
+        finally:
+            app.kill()
+        return rate, rss
+
+    def run_script(self, script: str, source: str) -> float:
+        sink = self.sink()
+        process = subprocess.Popen([sys.executable, str(ROOT / "bench" / script), self.broker.bootstrap, source, sink,
+                                    str(RECORDS)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            return self.throughput({sink: RECORDS})
+        finally:
+            process.kill()
+            process.wait(30)
+
+    def run_kcat_pipe(self, source: str) -> float:
+        sink = self.sink()
+        b = self.broker.bootstrap
+        pipe = (f"kcat -b {b} -q -C -t {source} -o beginning -c {RECORDS} -f '%s\\n' | "
+                f"kcat -b {b} -q -P -t {sink} -X linger.ms=5")
+        process = subprocess.Popen(["bash", "-c", pipe], env=self.kcat_env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        try:
+            return self.throughput({sink: RECORDS})
+        finally:
+            process.kill()
+            process.wait(30)
+
+    def run_scale_out(self, instances: int) -> float:
+        """Instances of the processor in one group, joined before the records are produced."""
+        source, sink, group = self.create(self.name("in")), self.sink(), self.name("group")
+        apps = [self.app("processor", source, {"output": sink}, group) for _ in range(instances)]
+        try:
+            for app in apps:
+                wait_for(lambda app=app: _latest_assignment(app).count(source) == PARTITIONS // instances, 60,
+                         "an even share of partitions")
+            self.produce(source)
+            return self.throughput({sink: RECORDS})
+        finally:
+            for app in apps:
+                app.stop()
+
+    def run_latency(self) -> list[float]:
+        """Milliseconds from produce to consumed output, at LATENCY_RATE records/s through the processor."""
+        source, sink = self.create(self.name("in"), 1), self.sink()
+        app = self.app("processor", source, {"output": sink}, self.name("group"))
+        consumer = KafkaConsumer(bootstrap_servers=self.broker.bootstrap, group_id=None, enable_auto_commit=False,
+                                 fetch_max_wait_ms=5)
+        try:
+            app.wait_for_log(r"Partitions assigned: \S")
+            consumer.assign([TopicPartition(sink, 0)])
+            consumer.seek_to_beginning()
+            sender = threading.Thread(target=_paced_producer, args=(self.broker.bootstrap, source), daemon=True)
+            sender.start()
+            latencies: list[float] = []
+            deadline = time.monotonic() + LATENCY_RECORDS / LATENCY_RATE + 60
+            while len(latencies) < LATENCY_RECORDS and time.monotonic() < deadline:
+                for records in consumer.poll(timeout_ms=100).values():
+                    now = time.time_ns()
+                    latencies += [(now - int(dict(r.headers)["bench-sent-ns"])) / 1e6 for r in records]
+            sender.join(30)
+            return latencies
+        finally:
+            consumer.close()
+            app.stop()
+
+    def run_startup(self) -> float:
+        """Seconds from exec to the first 200 from /actuator/health."""
+        port = free_port()
+        started = time.perf_counter()
+        app = App(SCRIPTS["processor"], ["--spring.cloud.stream.bindings.input.destination=startup.in",
+                                         "--spring.cloud.stream.bindings.output.destination=startup.out",
+                                         f"--server.port={port}"],
+                  {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": self.broker.bootstrap}, self.workdir / "startup.log")
+        try:
+            wait_for(lambda: http_get(port, "/actuator/health")[0] == 200, 30, "health UP", interval=0.005)
+            return time.perf_counter() - started
+        finally:
+            app.stop()
+
+
+def _paced_producer(bootstrap: str, topic: str) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks=1)
+    pace = threading.Event()
+    start = time.monotonic()
+    for i in range(LATENCY_RECORDS):
+        pace.wait(max(0.0, start + i / LATENCY_RATE - time.monotonic()))
+        producer.send(topic, value(i).encode(), headers=[("contentType", b"text/plain"),
+                                                          ("bench-sent-ns", str(time.time_ns()).encode())])
+    producer.close(10)
+
+
+def _latest_assignment(app: App) -> str:
+    lines = [line for line in app.log.splitlines() if "Partitions assigned:" in line]
+    return lines[-1] if lines else ""
+
+
+def _peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+
+
+def _librdkafka_dir(workdir: Path) -> Path:
+    """Debian's kcat is too old for Tansu; the librdkafka of the confluent-kafka wheel is not."""
+    import confluent_kafka
+
+    libs = Path(confluent_kafka.__file__).parent.parent / "confluent_kafka.libs"
+    library = next(libs.glob("librdkafka*.so*"))
+    folder = workdir / "librdkafka"
+    folder.mkdir(exist_ok=True)
+    (folder / "librdkafka.so.1").symlink_to(library)
+    return folder
+
+
+def _image_sizes() -> dict[str, float]:
+    if shutil.which("podman") is None:
+        return {}
+    sizes = {}
+    for image in IMAGES:
+        done = subprocess.run(["podman", "image", "inspect", "--format", "{{.Size}}",
+                               f"localhost/polyglot/{image}:test"], capture_output=True, text=True, check=False)
+        if done.returncode == 0:
+            sizes[image] = int(done.stdout.strip()) / 1e6
+    return sizes
+
+
+def summary(runs: list[float]) -> dict[str, Any]:
+    return {"runs": runs, "min": min(runs), "median": statistics.median(runs), "max": max(runs)}
+
+
+def measure() -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="polyglot-bench-") as tmp:
+        bench = Bench(Path(tmp))
+        try:
+            source = bench.create(bench.name("input"))
+            bench.produce(source)
+            results: dict[str, list[float]] = {}
+            rss: list[float] = []
+
+            def repeat(name: str, run: Callable[[], float]) -> None:
+                results[name] = []
+                for rep in range(REPS):
+                    results[name].append(run())
+                    print(f"  {name} #{rep + 1}: {results[name][-1]:,.0f} records/s", flush=True)
+
+            def processor() -> float:
+                rate, peak = bench.run_app("processor", source)
+                rss.append(peak)
+                return rate
+
+            repeat("kcat pipe", lambda: bench.run_kcat_pipe(source))
+            repeat("client limit", lambda: bench.run_script("client_limit.py", source))
+            repeat("processor", processor)
+            repeat("router", lambda: bench.run_app("router", source)[0])
+            repeat("naive seed loop", lambda: bench.run_script("naive.py", source))
+            repeat("scale-out, 1 instance", lambda: bench.run_scale_out(1))
+            repeat("scale-out, 2 instances", lambda: bench.run_scale_out(2))
+            latencies = sorted(bench.run_latency())
+            startups = [bench.run_startup() for _ in range(REPS)]
+        finally:
+            bench.broker.stop()
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "records": RECORDS, "record_bytes": 100, "repetitions": REPS, "partitions": PARTITIONS,
+        "throughput": {name: summary(runs) for name, runs in results.items()},
+        "latency_ms": {"rate": LATENCY_RATE, "records": len(latencies),
+                       "p50": _percentile(latencies, 50), "p99": _percentile(latencies, 99), "max": latencies[-1]},
+        "peak_rss_mb": summary(rss),
+        "startup_s": summary(startups),
+        "image_mb": _image_sizes(),
+    }
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    return values[min(len(values) - 1, round(pct / 100 * (len(values) - 1)))]
+
+
+# name, measured value, comparison, target: reported against, never asserted.
+def targets(r: dict[str, Any]) -> list[tuple[str, float, str, float]]:
+    t = {name: v["median"] for name, v in r["throughput"].items()}
+    return [
+        ("processor / client limit", t["processor"] / t["client limit"], ">=", 0.9),
+        ("processor / naive seed loop", t["processor"] / t["naive seed loop"], ">=", 2.5),
+        ("1 instance / kcat pipe", t["processor"] / t["kcat pipe"], ">=", 0.3),
+        ("2 instances / kcat pipe", t["scale-out, 2 instances"] / t["kcat pipe"], ">=", 0.55),
+        ("2 instances / 1 instance", t["scale-out, 2 instances"] / t["scale-out, 1 instance"], ">=", 1.7),
+        ("p99 latency at 100 records/s (ms)", r["latency_ms"]["p99"], "<=", 20),
+        ("peak RSS of the processor (MB)", r["peak_rss_mb"]["max"], "<=", 50),
+        ("start-up to health UP (s)", r["startup_s"]["median"], "<=", 1),
+    ]
+
+
+def met(value: float, comparison: str, target: float) -> bool:
+    return value >= target if comparison == ">=" else value <= target
+
+
+def markdown(r: dict[str, Any], notes: dict[str, str]) -> str:
+    lines = [f"# Benchmark results ({r['when']})", "",
+             f"{r['records']:,} records of {r['record_bytes']} bytes, {r['repetitions']} repetitions, one embedded "
+             f"Tansu broker, {r['partitions']}-partition input; {r['machine']['cpus']} CPUs, Python "
+             f"{r['machine']['python']}. Throughput is read off the output records' timestamps, first to last.", "",
+             "| run | min records/s | median | max |", "|---|---:|---:|---:|"]
+    for name, v in r["throughput"].items():
+        lines.append(f"| {name} | {v['min']:,.0f} | {v['median']:,.0f} | {v['max']:,.0f} |")
+    lat, rss, start = r["latency_ms"], r["peak_rss_mb"], r["startup_s"]
+    lines += ["", f"Latency through the processor at {lat['rate']} records/s, produce to output consumed "
+              f"({lat['records']} records): p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms.",
+              f"Peak RSS of the processor: {rss['min']:.0f} / {rss['median']:.0f} / {rss['max']:.0f} MB "
+              "(min / median / max).",
+              f"Start-up, exec to `/actuator/health` UP: {start['min']:.2f} / {start['median']:.2f} / "
+              f"{start['max']:.2f} s."]
+    if r["image_mb"]:
+        lines.append("Image sizes (on the test tier's Debian stand-in base, not the real slim one): "
+                     + ", ".join(f"{name} {size:.0f} MB" for name, size in r["image_mb"].items()) + ".")
+    else:
+        lines.append("Image sizes: no images built on this machine (`make test` builds them).")
+    lines += ["", "## Targets", "", "| target | measured | goal | |", "|---|---:|---:|---|"]
+    for name, value, comparison, goal in targets(r):
+        verdict = "met" if met(value, comparison, goal) else "MISSED"
+        lines.append(f"| {name} | {value:.2f} | {comparison} {goal} | {verdict} |")
+    missed = [name for name, value, comparison, goal in targets(r) if not met(value, comparison, goal)]
+    if missed:
+        lines += ["", "## Why a target is missed", ""]
+        lines += [f"- **{name}**: {notes.get(name, 'not analysed yet.')}" for name in missed]
+    return "\n".join(lines) + "\n"
+
+
+def chart(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(r["throughput"])
+    medians = [r["throughput"][n]["median"] / 1000 for n in names]
+    low = [m - r["throughput"][n]["min"] / 1000 for n, m in zip(names, medians, strict=True)]
+    high = [r["throughput"][n]["max"] / 1000 - m for n, m in zip(names, medians, strict=True)]
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    ax.barh(names[::-1], medians[::-1], xerr=[low[::-1], high[::-1]], color="#4c72b0", capsize=3)
+    ax.set_xlabel("thousand records/s (median, min-max)")
+    ax.set_title(f"{r['records']:,} records of {r['record_bytes']} B on Tansu, {r['machine']['cpus']} CPUs")
+    for y, m in enumerate(medians[::-1]):
+        ax.text(m, y, f" {m:.1f}k", va="center")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> int:
+    for tool in ("kcat",):
+        if shutil.which(tool) is None:
+            print(f"{tool} is missing: `make bench` installs it with apt (Debian package {tool})", file=sys.stderr)
+            return 1
+    results = measure()
+    notes = json.loads((ROOT / "bench" / "notes.json").read_text())
+    results["targets"] = [{"name": n, "measured": v, "goal": f"{c} {g}", "met": met(v, c, g)}
+                          for n, v, c, g in targets(results)]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "latest.md").write_text(markdown(results, notes))
+    chart(results, RESULTS / "latest.png")
+    print((RESULTS / "latest.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
