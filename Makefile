@@ -13,7 +13,7 @@ TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 BUILD_FLAGS ?=
 
-.PHONY: demo test lint docs images push system-deps clean
+.PHONY: demo test lint docs images push bench system-deps clean
 
 demo: $(STAMP)
 	$(PY) -m devkit.demo
@@ -34,6 +34,16 @@ images:
 
 push:
 	@for recipe in $(RECIPES); do $(CONTAINER_ENGINE) push $(IMAGE_PREFIX)/$$recipe:$(TAG) || exit 1; done
+
+# A few minutes on 2 cores; writes bench/results/latest.{md,json,png}.
+bench: $(STAMP) $(VENV)/.bench
+	$(PY) -m bench.run
+
+$(VENV)/.bench: requirements-bench.txt | $(STAMP)
+	@command -v kcat >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends kcat; }
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	touch $@
 
 docs: $(STAMP)
 	$(PY) -m devkit.docs

