@@ -126,21 +126,19 @@ class Bench:
 
     def run_script(self, script: str, source: str) -> float:
         sink = self.sink()
-        process = subprocess.Popen([sys.executable, str(ROOT / "bench" / script), self.broker.bootstrap, source, sink,
-                                    str(RECORDS)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            return self.throughput({sink: RECORDS})
-        finally:
-            process.kill()
-            process.wait(30)
+        return self.run_process([sys.executable, str(ROOT / "bench" / script), self.broker.bootstrap, source, sink,
+                                 str(RECORDS)], sink)
 
     def run_kcat_pipe(self, source: str) -> float:
         sink = self.sink()
         b = self.broker.bootstrap
         pipe = (f"kcat -b {b} -q -C -t {source} -o beginning -c {RECORDS} -f '%s\\n' | "
                 f"kcat -b {b} -q -P -t {sink} -X linger.ms=5")
-        process = subprocess.Popen(["bash", "-c", pipe], env=self.kcat_env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        return self.run_process(["bash", "-c", pipe], sink, self.kcat_env)
+
+    def run_process(self, command: list[str], sink: str, env: dict[str, str] | None = None) -> float:
+        """Throughput of a command that copies the prepared input to ``sink``."""
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             return self.throughput({sink: RECORDS})
         finally:
