@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
+import os
+import platform
 import re
 import sys
 import uuid
@@ -247,3 +250,55 @@ def new_task_db(server: MariaDB | PostgreSQL, prefix: str = "TASK_", schema: str
 def task_db(server: MariaDB | PostgreSQL) -> Callable[..., TaskDatabase]:
     """``new_task_db`` on each server in turn."""
     return lambda **kwargs: new_task_db(server, **kwargs)
+
+
+# -- the fault suite's figures ---------------------------------------------------------------------
+# ``FAULTS_REPORT`` names the Markdown file the test_faults_* figures go to (``make faults``:
+# faults/results/latest.md); ``FAULTS_SOAK_SECONDS`` sets the soak (300 in ``make faults``).
+FAULTS_REPORT = os.environ.get("FAULTS_REPORT")
+SOAK_SECONDS = float(os.environ.get("FAULTS_SOAK_SECONDS", "20"))
+_FIGURES: dict[str, list[tuple[str, str]]] = {}
+_OUTCOMES: dict[str, str] = {}
+
+
+class Figures:
+    """The figures of one test, in the order measured."""
+
+    def __init__(self, test: str) -> None:
+        self.rows = _FIGURES.setdefault(test, [])
+
+    def add(self, name: str, value: object) -> None:
+        self.rows.append((name, str(value)))
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Figures:
+    return Figures(_title(request.node.nodeid))
+
+
+def _title(nodeid: str) -> str:
+    return nodeid.split("/")[-1].replace(".py::", ": ")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if "test_faults_" in item.nodeid and (report.when == "call" or report.failed):
+        _OUTCOMES.setdefault(_title(item.nodeid), report.outcome)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not FAULTS_REPORT or not _OUTCOMES:
+        return
+    lines = ["# Fault and abuse suite: latest results", "",
+             f"`make faults` on {datetime.date.today()}: {platform.machine()}, {os.cpu_count()} cores, "
+             f"Python {platform.python_version()}, the embedded Tansu broker, MariaDB and PostgreSQL from Debian, "
+             f"a {SOAK_SECONDS:g} s soak. Every figure is as measured in this run.", ""]
+    for test, outcome in _OUTCOMES.items():
+        lines += [f"## {test}: {outcome}", ""]
+        if _FIGURES.get(test):
+            lines += ["| figure | value |", "|---|---|", *(f"| {n} | {v} |" for n, v in _FIGURES[test]), ""]
+    path = Path(FAULTS_REPORT)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))

@@ -163,7 +163,11 @@ class Binder:
             found = self.producers[output.name].partitions_for(output.destination) or {0}
             self.partition_counts[output.destination] = max(output.partition_count, len(found))
         if self.source.dlq:
-            self.producers["dlq"] = KafkaProducer(**kafka_config.client_settings(self.properties, None, "producer"))
+            settings = kafka_config.client_settings(self.properties, None, "producer")
+            # A dead-lettered record is as big as the broker let it be on input: let the client send any it can buffer.
+            buffer = settings.get("buffer_memory", KafkaProducer.DEFAULT_CONFIG["buffer_memory"])
+            settings["max_request_size"] = max(settings.get("max_request_size", 0), buffer)
+            self.producers["dlq"] = KafkaProducer(**settings)
             dlqs = {self.source.dlq_topic(d): len(self.producers["dlq"].partitions_for(d) or {0})
                     for d in self.source.destinations}
             provision(self.properties, dlqs)
@@ -203,36 +207,49 @@ class Binder:
         self.state = "stopped"
 
     def _process_batch(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
-        futures: dict[TopicPartition, list[Any]] = {}
-        done: dict[TopicPartition, int] = {}
-        failed: dict[TopicPartition, Exception] = {}
+        sent: dict[TopicPartition, list[tuple[Any, Any]]] = {}
+        stopped: dict[TopicPartition, tuple[int, Exception]] = {}
         try:
             for tp, records in batch.items():
-                pending = futures[tp] = []
+                pending = sent[tp] = []
                 for record in records:
                     try:
-                        future = self._process(record)
+                        pending.append((record, self._process(record)))
                     except KafkaError as error:  # the broker did not take the send: rewind, never skip
-                        failed[tp] = error
+                        stopped[tp] = (record.offset, error)
                         break
-                    if future is not None:
-                        pending.append(future)
-                    done[tp] = record.offset + 1
                 self.metrics.received.inc(len(records))
         except _StopRequestedError:
             log.info("Stopping during a retry back-off: committing the records already processed")
         self._flush()
+        # Sends the broker refused for good take the record's error path; the first retriable failure rewinds.
+        recovered: dict[TopicPartition, list[tuple[Any, Any]]] = {}
+        for tp, pending in sent.items():
+            dead, rewind = settle(pending)
+            rewind = rewind or stopped.get(tp)
+            recovered[tp] = []
+            for record, error in dead:
+                try:
+                    recovered[tp].append((record, self._give_up(record, error)))
+                except KafkaError as dlq_error:
+                    rewind = (record.offset, dlq_error)
+                    break
+            stopped[tp] = rewind
+        if any(recovered.values()):
+            self._flush()
         offsets, rewound = {}, False
-        for tp, pending in futures.items():
-            error = failed.get(tp) or next((f.exception or "not acknowledged" for f in pending if not f.succeeded()),
-                                           None)
-            if error is not None:
+        for tp, pending in sent.items():
+            rewind = settle(recovered[tp])[1] or stopped[tp]  # a failed dead-letter send rewinds too
+            if rewind is not None:
+                offset, error = rewind
                 log.error("Sending records from %s-%d failed (%s); rewinding to offset %d to retry them",
-                          tp.topic, tp.partition, error, batch[tp][0].offset)
-                self.consumer.seek(tp, batch[tp][0].offset)
+                          tp.topic, tp.partition, error, offset)
+                self.consumer.seek(tp, offset)
                 rewound = True
-            elif tp in done:
-                offsets[tp] = OffsetAndMetadata(done[tp], "", -1)
+                if offset > batch[tp][0].offset:
+                    offsets[tp] = OffsetAndMetadata(offset, "", -1)
+            elif pending:
+                offsets[tp] = OffsetAndMetadata(pending[-1][0].offset + 1, "", -1)
         self._commit(offsets)
         if rewound:
             self.stop.wait(1.0)  # the broker is struggling: do not spin on it
@@ -356,6 +373,25 @@ class _RebalanceLog(ConsumerRebalanceListener):
 
 def _where(record: Any) -> str:
     return f"{record.topic}-{record.partition}@{record.offset}"
+
+
+def settle(sent: Sequence[tuple[Any, Any]]) -> tuple[list[tuple[Any, Exception]], tuple[int, Exception] | None]:
+    """Sort the sends of one partition, in order, once flushed: ``(dead, rewind)``.
+
+    ``dead`` are the records whose send the broker refused for good (a non-retriable error), to take
+    the error path; ``rewind`` is the offset (and error) of the first send that failed retriably or
+    was never acknowledged: it and everything after it are processed again. A None future is a
+    skipped record.
+    """
+    dead: list[tuple[Any, Exception]] = []
+    for record, future in sent:
+        if future is None or future.succeeded():
+            continue
+        error = future.exception if future.is_done else None
+        if error is None or getattr(error, "retriable", False):
+            return dead, (record.offset, error or KafkaTimeoutError("not acknowledged before the flush ended"))
+        dead.append((record, error))
+    return dead, None
 
 
 def _dlq_headers(record: Any, error: Exception) -> list[tuple[str, bytes]]:

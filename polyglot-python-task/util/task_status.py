@@ -11,6 +11,7 @@ import logging
 import re
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -55,8 +56,10 @@ EXTERNAL_ID = Property("spring.cloud.task.external-execution-id", str, None,
                        "External execution id, kept only when the server set none.")
 INITIALIZE = Property("spring.cloud.task.initialize-enabled", bool, True,
                       "Create the task tables when they are missing.")
+END_RETRY = Property("task.end.retry-seconds", float, 60.0,
+                     "How long recording the end retries, with back-off, while the database is unreachable.")
 PROPERTIES = (*DATASOURCE_PROPERTIES, TABLE_PREFIX, EXECUTION_ID, TASK_NAME, APP_NAME, PARENT_ID, EXTERNAL_ID,
-              INITIALIZE, *logs.PROPERTIES)
+              INITIALIZE, END_RETRY, *logs.PROPERTIES)
 MESSAGE_SIZE = 2500  # EXIT_MESSAGE, ERROR_MESSAGE and TASK_PARAM are VARCHAR(2500)
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,49}$")
 # What a table prefix renames in the DDL: tables, the sequence and constraint names (never columns).
@@ -208,6 +211,7 @@ def run_task(body: Body, options: Mapping[str, Property]) -> None:
         name = properties.get(TASK_NAME) or properties.get(APP_NAME)
         launch = (properties.get(EXECUTION_ID), name, properties.get(EXTERNAL_ID), properties.get(PARENT_ID))
         initialize = properties.get(INITIALIZE) or source.dialect == "sqlite"
+        end_retry = properties.get(END_RETRY)
     except ConfigError as error:
         log.error("Configuration error: %s", error)
         sys.exit(1)
@@ -232,13 +236,32 @@ def run_task(body: Body, options: Mapping[str, Property]) -> None:
         log.error("Task %s (execution %d) failed: %s", execution.name, execution.id, error)
         exit_code, exit_message, error_text = 1, None, "".join(traceback.format_exception(error))
     try:
-        repository.finish(execution.id, exit_code, exit_message, error_text)
+        _retrying(lambda: repository.finish(execution.id, exit_code, exit_message, error_text), end_retry,
+                  f"record the end of execution {execution.id} in the {source.where}")
     except SQLAlchemyError as error:
-        log.error("Cannot record the end of execution %d in the %s: %s", execution.id, source.where, _reason(error))
+        log.error("Cannot record the end of execution %d in the %s after %g s of retries: %s; the row stays "
+                  "RUNNING until an operator finalizes it", execution.id, source.where, end_retry, _reason(error))
         sys.exit(exit_code or 1)
     log.info("Execution %d of %s %s (exit code %d)", execution.id, execution.name,
              "completed" if exit_code == 0 else "failed", exit_code)
     sys.exit(exit_code)
+
+
+def _retrying(step: Callable[[], None], seconds: float, what: str) -> None:
+    """Run ``step``, retrying database errors with exponential back-off (0.5 s to 8 s) for ``seconds``."""
+    deadline, delay = time.monotonic() + seconds, 0.5
+    while True:
+        try:
+            step()
+            return
+        except SQLAlchemyError as error:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise
+            pause = min(delay, remaining)
+            log.warning("Cannot %s (%s); retrying in %.1f s", what, _reason(error), pause)
+            time.sleep(pause)
+            delay = min(delay * 2, 8.0)
 
 
 class _Signals:
