@@ -1,0 +1,199 @@
+"""The stream apps' faults on a real broker: kill -9, a lost instance, a broker restart, abusive payloads, a soak."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kafka.errors import KafkaConnectionError, MessageSizeTooLargeError, TopicAlreadyExistsError
+from kafka.future import Future
+from test_stream_apps import expected, sinks_for
+
+from conftest import STREAM_APPS, Figures, Kafka
+from devkit.apps import App
+from devkit.tansu import Tansu
+from devkit.waiting import wait_for
+from util.binder import settle
+
+StartStreamApp = Callable[..., App]
+TICK = 1 / 100  # /proc/<pid>/stat counts CPU time in clock ticks of 10 ms
+POLL_BATCH = 500  # max.poll.records: what one poll hands the loop, across its partitions
+
+
+class Sent:
+    """A record as the binder sees one: topic, partition, offset."""
+
+    def __init__(self, offset: int) -> None:
+        self.topic, self.partition, self.offset = "t", 0, offset
+
+
+def sends(*outcomes: Exception | bool | None) -> list[tuple[Sent, Future | None]]:
+    """One send per outcome: True acknowledged, an exception failed, False never completed, None skipped."""
+    pairs = []
+    for offset, outcome in enumerate(outcomes):
+        future = None if outcome is None else Future()
+        if outcome is True:
+            future.success(offset)
+        elif isinstance(outcome, Exception):
+            future.failure(outcome)
+        pairs.append((Sent(offset), future))
+    return pairs
+
+
+def test_settle_dead_letters_refused_sends_and_rewinds_at_the_first_retriable_failure() -> None:
+    refused, lost = MessageSizeTooLargeError("too large"), KafkaConnectionError("broker gone")
+    assert settle(sends(True, None, True)) == ([], None)
+    dead, rewind = settle(sends(True, refused, True, lost, refused))
+    assert [(r.offset, e) for r, e in dead] == [(1, refused)]
+    assert rewind == (3, lost)
+    dead, rewind = settle(sends(True, False, refused))
+    assert (dead, rewind[0]) == ([], 1)  # never acknowledged: processed again, never skipped
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * TICK
+
+
+def outputs(kafka: Kafka, sinks: dict[str, str], at_least: int) -> list[tuple[str, bytes]]:
+    """Every record on the output topics as (binding, payload), duplicates included."""
+    found: list[tuple[str, bytes]] = []
+    share = at_least // len(sinks)
+    for binding, topic in sinks.items():
+        found += [(binding, r.value) for r in kafka.read(topic, share, settle=2.0)]
+    return found
+
+
+def received(app: App) -> float:
+    return app.metric("polyglot_records_received_total", binding="input")
+
+
+@pytest.mark.parametrize("kind", sorted(STREAM_APPS))
+def test_kill_9_mid_stream_then_restart_loses_nothing(
+        kind: str, kafka: Kafka, names: Callable[[str], str], start_stream_app: StartStreamApp,
+        figures: Figures) -> None:
+    count, partitions = 50_000, 2
+    source, sinks, group = kafka.create(names("in"), partitions), sinks_for(kind, names), names("g")
+    values = [f"11/23/26 10:00:00 #{i:05d}".encode() for i in range(count)]
+    ends = kafka.produce(source, values, partition=lambda i: i % partitions)
+    first = start_stream_app(kind, source, sinks, "--reversestring=true", group=group)
+    wait_for(lambda: received(first) >= count // 4, 90, "a quarter of the records")
+    first.process.kill()
+    first.process.wait(10)
+    committed = sum(kafka.committed(group).values())
+    assert committed < count, "kill -9 should land in the middle of the records"
+
+    second = start_stream_app(kind, source, sinks, "--reversestring=true", group=group)
+    wait_for(kafka.caught_up(group, ends), 120, "the restarted app to commit everything")
+    found = outputs(kafka, sinks, count)
+    want = [expected(kind, v) for v in values]
+    assert set(found) == set(want), "records lost"
+    duplicates = len(found) - count
+    assert 0 <= duplicates <= POLL_BATCH * partitions
+    assert second.stop() == 0
+    figures.add(f"{kind}: records, partitions", f"{count}, {partitions}")
+    figures.add(f"{kind}: committed when killed", committed)
+    figures.add(f"{kind}: lost", count - len(set(found) & set(want)))
+    figures.add(f"{kind}: duplicates (bound: {POLL_BATCH} a poll, {POLL_BATCH * partitions} allowed)", duplicates)
+
+
+@pytest.mark.parametrize("kind", sorted(STREAM_APPS))
+def test_survivor_takes_over_the_partitions_of_an_instance_killed_with_kill_9(
+        kind: str, kafka: Kafka, names: Callable[[str], str], start_stream_app: StartStreamApp,
+        figures: Figures) -> None:
+    count, partitions = 20_000, 4
+    source, sinks, group = kafka.create(names("in"), partitions), sinks_for(kind, names), names("g")
+    survivor = start_stream_app(kind, source, sinks, "--reversestring=true", group=group)
+    survivor.wait_for_log(r"Partitions assigned: \S")
+    victim = start_stream_app(kind, source, sinks, "--reversestring=true", group=group)
+    for app in (survivor, victim):
+        wait_for(lambda app=app: latest_assignment(app).count(source) == 2, 60, "a 2-partition share each")
+    values = [f"11/23/26 10:00:00 #{i:05d}".encode() for i in range(count)]
+    ends = kafka.produce(source, values, partition=lambda i: i % partitions)
+    wait_for(lambda: received(victim) > 0, 60, "the victim to take records")
+    victim.process.kill()
+    killed = time.monotonic()
+    wait_for(lambda: latest_assignment(survivor).count(source) == partitions, 60, "the survivor to take over")
+    takeover = time.monotonic() - killed
+    wait_for(kafka.caught_up(group, ends), 120, "the survivor to commit everything")
+    done = time.monotonic() - killed
+    found = outputs(kafka, sinks, count)
+    assert set(found) == {expected(kind, v) for v in values}, "records lost"
+    assert survivor.stop() == 0
+    figures.add(f"{kind}: takeover (kill -9 to all {partitions} partitions assigned to the survivor)",
+                f"{takeover:.1f} s with session.timeout.ms=6000")
+    figures.add(f"{kind}: kill -9 to everything committed", f"{done:.1f} s")
+    figures.add(f"{kind}: lost, duplicates", f"0, {len(found) - count}")
+
+
+def latest_assignment(app: App) -> str:
+    lines = [line for line in app.log.splitlines() if "Partitions assigned:" in line]
+    return lines[-1] if lines else ""
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Tansu]:
+    """A broker of the test's own, free to stop and start."""
+    tansu = Tansu(tmp_path / "own-tansu.log").start()
+    yield tansu
+    tansu.stop()
+
+
+def health(app: App) -> tuple[int, dict]:
+    status, body = app.get("/actuator/health")
+    return status, json.loads(body) if status else {}
+
+
+@pytest.mark.parametrize("kind", sorted(STREAM_APPS))
+def test_broker_stopped_for_10_s_then_started_again(
+        kind: str, own_broker: Tansu, names: Callable[[str], str], start_stream_app: StartStreamApp,
+        figures: Figures) -> None:
+    kafka = Kafka(own_broker.bootstrap)
+    source, sinks, group = names("in"), sinks_for(kind, names), names("g")
+    try:
+        for topic in (source, *sinks.values()):
+            kafka.create(topic)
+        app = start_stream_app(kind, source, sinks, "--reversestring=true", group=group,
+                               env={"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": own_broker.bootstrap})
+        before = [f"11/23/26 10:00:00 #{i:03d}".encode() for i in range(100)]
+        wait_for(kafka.caught_up(group, kafka.produce(source, before)), 60, "the records before the outage")
+        assert health(app)[0] == 200
+
+        cpu = cpu_seconds(app.process.pid)
+        own_broker.stop()
+        stopped = time.monotonic()
+        _, body = wait_for(lambda: (h := health(app))[0] == 503 and h, 10, "health DOWN")
+        down_after = time.monotonic() - stopped
+        assert body["components"]["broker"]["status"] == "DOWN"
+        with pytest.raises(subprocess.TimeoutExpired):  # the outage: the app must neither exit nor spin
+            app.process.wait(10 - (time.monotonic() - stopped))
+        outage_cpu = cpu_seconds(app.process.pid) - cpu
+        outage = time.monotonic() - stopped
+        assert outage_cpu < 0.25 * outage, f"{outage_cpu:.1f} s of CPU in a {outage:.0f} s outage"
+
+        own_broker.start()
+        started = time.monotonic()
+        for topic in (source, *sinks.values()):  # the test broker lost everything: recreate the topics
+            with contextlib.suppress(TopicAlreadyExistsError):
+                kafka.create(topic)
+        wait_for(lambda: health(app)[0] == 200, 30, "health UP")
+        up_after = time.monotonic() - started
+        after = [f"11/23/26 10:00:10 #{i:03d}".encode() for i in range(100)]
+        kafka.produce(source, after)
+        found = wait_for(lambda: set(outputs(kafka, sinks, 1)) >= {expected(kind, v) for v in after}, 90,
+                         "the records produced after the restart")
+        resumed = time.monotonic() - started
+        assert found
+        assert app.stop() == 0
+    finally:
+        kafka.close()
+    figures.add(f"{kind}: health DOWN after the broker stopped", f"{down_after:.1f} s")
+    figures.add(f"{kind}: CPU used during the {outage:.0f} s outage", f"{outage_cpu:.2f} s "
+                f"({100 * outage_cpu / outage:.0f}% of a core)")
+    figures.add(f"{kind}: health UP after the broker started", f"{up_after:.1f} s")
+    figures.add(f"{kind}: new records processed after the broker started", f"{resumed:.1f} s")
