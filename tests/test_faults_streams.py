@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from kafka import KafkaProducer
 from kafka.errors import KafkaConnectionError, MessageSizeTooLargeError, TopicAlreadyExistsError
 from kafka.future import Future
 from test_stream_apps import expected, sinks_for
 
-from conftest import STREAM_APPS, Figures, Kafka
+from conftest import SOAK_SECONDS, STREAM_APPS, Figures, Kafka
 from devkit.apps import App
 from devkit.tansu import Tansu
 from devkit.waiting import wait_for
@@ -197,3 +201,124 @@ def test_broker_stopped_for_10_s_then_started_again(
                 f"({100 * outage_cpu / outage:.0f}% of a core)")
     figures.add(f"{kind}: health UP after the broker started", f"{up_after:.1f} s")
     figures.add(f"{kind}: new records processed after the broker started", f"{resumed:.1f} s")
+
+
+TEXT = b'"text/plain"'
+BIG = 1_000_000  # "1 MB": fits the default max.request.size (1 MiB) with its headers
+HUGE = 2 * 1024 * 1024  # more than max.request.size: the output cannot be sent
+# case: (payload, contentType header or None for the binding's default, extra headers)
+PAYLOADS: dict[str, tuple[bytes, bytes | None, int]] = {
+    "empty": (b"", TEXT, 0),
+    "1 MB": (b"x" * (BIG - 1) + b"4", TEXT, 0),
+    "2 MiB": (b"y" * (HUGE - 1) + b"6", TEXT, 0),
+    "invalid UTF-8": (b"\xff\xfe 10:00:01", TEXT, 0),
+    "NUL bytes": (b"10:00\x0002", TEXT, 0),
+    "10,000 headers": (b"10:00:03", TEXT, 10_000),
+    "binary contentType": (b"\x00\x01\xfe\xff7", b'"application/octet-stream"', 0),
+    "undecodable contentType header": (b"10:00:05", b"\xff\xfe", 0),
+}
+# What each app does with each case: processed to a binding, or the dead-letter topic.
+PATHS = {
+    "processor": {"empty": "output", "1 MB": "output", "2 MiB": "dlq", "invalid UTF-8": "dlq",
+                  "NUL bytes": "output", "10,000 headers": "output", "binary contentType": "output",
+                  "undecodable contentType header": "dlq"},
+    "router": {"empty": "dlq", "1 MB": "even", "2 MiB": "dlq", "invalid UTF-8": "dlq", "NUL bytes": "even",
+               "10,000 headers": "odd", "binary contentType": "dlq", "undecodable contentType header": "dlq"},
+}
+
+
+def processed(kind: str, case: str) -> bytes:
+    payload, content_type, _ = PAYLOADS[case]
+    if kind == "router":
+        return expected(kind, payload)[1]
+    return payload if content_type == b'"application/octet-stream"' else payload.decode()[::-1].encode()
+
+
+@pytest.mark.parametrize("kind", sorted(STREAM_APPS))
+def test_abusive_payloads_take_their_documented_path_and_the_app_keeps_running(
+        kind: str, kafka: Kafka, names: Callable[[str], str], start_stream_app: StartStreamApp,
+        figures: Figures) -> None:
+    source, sinks, group = kafka.create(names("in")), sinks_for(kind, names), names("g")
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap, enable_idempotence=False,
+                             max_request_size=4 * HUGE)  # the upstream app allows big records
+    try:
+        for case, (payload, content_type, extra) in PAYLOADS.items():
+            headers = [("case", case.encode()), *([("contentType", content_type)] if content_type else []),
+                       *((f"x-abuse-{i:05d}", b"0123456789abcdef") for i in range(extra))]
+            producer.send(source, payload, headers=headers)
+        producer.send(source, b"10:00:08", headers=[("case", b"after"), ("contentType", TEXT)])
+        producer.flush(60)
+    finally:
+        producer.close(5)
+    app = start_stream_app(kind, source, sinks, "--reversestring=true", group=group, env={
+        "SPRING_CLOUD_STREAM_KAFKA_BINDINGS_INPUT_CONSUMER_ENABLEDLQ": "true",
+        "SPRING_CLOUD_STREAM_BINDINGS_INPUT_CONSUMER_BACKOFFINITIALINTERVAL": "100"})
+    wait_for(kafka.caught_up(group, {0: len(PAYLOADS) + 1}), 120, "every record to be committed")
+    where: dict[str, tuple[str, Any]] = {}
+    dlq = f"error.{source}.{group}"
+    for binding, topic in [*sinks.items(), ("dlq", dlq)]:
+        for record in kafka.read(topic, 0, timeout=0, settle=2.0):
+            where[dict(record.headers)["case"].decode()] = (binding, record)
+    after = "output" if kind == "processor" else "even"
+    assert {case: binding for case, (binding, _) in where.items()} == {**PATHS[kind], "after": after}
+    for case, (binding, record) in where.items():
+        if case == "after":
+            continue
+        if binding == "dlq":
+            assert record.value == PAYLOADS[case][0], case
+            assert dict(record.headers)["x-original-topic"] == source.encode()
+        else:
+            assert record.value == processed(kind, case), case
+    assert sum(key.startswith("x-abuse-") for key, _ in where["10,000 headers"][1].headers) == 10_000
+    assert app.process.poll() is None
+    assert health(app)[0] == 200
+    assert app.stop() == 0
+    for case in [*PAYLOADS, "after"]:
+        binding, record = where[case]
+        reason = dict(record.headers).get("x-exception-fqcn", b"").decode()
+        figures.add(f"{kind}: {case}", f"dead-lettered ({reason})" if reason else f"processed to {binding}")
+
+
+def memory_and_files(pid: int) -> tuple[float, int]:
+    """Resident memory (MiB) and open file descriptors of a process."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss_kib = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+    return rss_kib / 1024, len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+@pytest.mark.parametrize("kind", sorted(STREAM_APPS))
+@pytest.mark.timeout(SOAK_SECONDS + 180)
+def test_soak_at_a_steady_rate_grows_neither_memory_nor_files(
+        kind: str, kafka: Kafka, names: Callable[[str], str], start_stream_app: StartStreamApp,
+        figures: Figures) -> None:
+    rate, tick = 1000, 0.1  # records a second, sent in bursts every tick
+    source, sinks, group = kafka.create(names("in"), 2), sinks_for(kind, names), names("g")
+    app = start_stream_app(kind, source, sinks, "--reversestring=true", group=group)
+    app.wait_for_log(r"Partitions assigned: \S")
+    samples: list[tuple[float, float, int]] = []
+    pacing = threading.Event()  # never set: waiting on it paces the load
+    started = time.monotonic()
+    sent, ends = 0, {}
+    while (elapsed := time.monotonic() - started) < SOAK_SECONDS:
+        burst = [f"11/23/26 10:00:00 #{sent + i:07d}".encode() for i in range(int(rate * tick))]
+        for partition, end in kafka.produce(source, burst, partition=lambda i, n=sent: (n + i) % 2).items():
+            ends[partition] = max(ends.get(partition, 0), end)
+        sent += len(burst)
+        if not samples or elapsed - samples[-1][0] >= 1.0:
+            samples.append((elapsed, *memory_and_files(app.process.pid)))
+        pacing.wait(max(0.0, started + sent / rate - time.monotonic()))
+    wait_for(kafka.caught_up(group, ends), 60, "the soak's records to be committed")
+    assert app.stop() == 0
+
+    def window(start: float, end: float) -> list[tuple[float, float, int]]:
+        return [s for s in samples if start * SOAK_SECONDS <= s[0] < end * SOAK_SECONDS]
+
+    warm, last = window(0.25, 0.5), window(0.75, 1.01)  # the first quarter is warm-up
+    rss_warm, rss_last = statistics.median(s[1] for s in warm), statistics.median(s[1] for s in last)
+    fds_warm, fds_last = max(s[2] for s in warm), max(s[2] for s in last)
+    assert rss_last - rss_warm < 5.0, f"RSS grew from {rss_warm:.1f} to {rss_last:.1f} MiB"
+    assert fds_last <= fds_warm, f"open files grew from {fds_warm} to {fds_last}"
+    figures.add(f"{kind}: records, rate, length", f"{sent}, {rate}/s, {SOAK_SECONDS:g} s")
+    figures.add(f"{kind}: RSS first sample, median of the 2nd quarter, of the last quarter, peak",
+                f"{samples[0][1]:.1f}, {rss_warm:.1f}, {rss_last:.1f}, {max(s[1] for s in samples):.1f} MiB")
+    figures.add(f"{kind}: open files, 2nd quarter, last quarter", f"{fds_warm}, {fds_last}")

@@ -164,9 +164,10 @@ class Binder:
             self.partition_counts[output.destination] = max(output.partition_count, len(found))
         if self.source.dlq:
             settings = kafka_config.client_settings(self.properties, None, "producer")
-            # A dead-lettered record is as big as the broker let it be on input: let the client send any it can buffer.
-            buffer = settings.get("buffer_memory", KafkaProducer.DEFAULT_CONFIG["buffer_memory"])
-            settings["max_request_size"] = max(settings.get("max_request_size", 0), buffer)
+            # A dead-lettered record is as big as the input topic let it be: send any the consumer can fetch.
+            fetchable = consumer_settings(self.properties, self.source).get(
+                "fetch_max_bytes", KafkaConsumer.DEFAULT_CONFIG["fetch_max_bytes"])
+            settings["max_request_size"] = max(settings.get("max_request_size", 0), fetchable)
             self.producers["dlq"] = KafkaProducer(**settings)
             dlqs = {self.source.dlq_topic(d): len(self.producers["dlq"].partitions_for(d) or {0})
                     for d in self.source.destinations}
