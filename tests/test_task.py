@@ -203,6 +203,8 @@ def test_secrets_are_masked_in_params() -> None:
     assert sanitize("--spring.datasource.password=x") == "--spring.datasource.password=******"
     assert sanitize("--spring.datasource.url=jdbc:mysql://h/d?password=x&a=1") == (
         "--spring.datasource.url=jdbc:mysql://h/d?password=******&a=1")
+    assert sanitize("--spring.datasource.url=jdbc:postgresql://scdf:p%40ss@h:5432/d") == (
+        "--spring.datasource.url=jdbc:postgresql://scdf:******@h:5432/d")
     assert sanitize("--error.message=x") == "--error.message=x"
 
 

@@ -191,6 +191,7 @@ def sanitize(argument: str) -> str:
     key, sep, _ = argument.partition("=")
     if sep and _SECRET_KEY.search(key):
         return f"{key}=******"
+    argument = re.sub(r"(://[^/@:\s]*:)[^@/\s]*@", r"\1******@", argument)  # user:password@host
     return re.sub(r"(?i)(password=)[^&;]*", r"\1******", argument)
 
 
