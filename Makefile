@@ -13,13 +13,18 @@ TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 BUILD_FLAGS ?=
 
-.PHONY: demo test lint docs images push bench system-deps clean
+.PHONY: demo test lint faults docs images push bench system-deps clean
 
 demo: $(STAMP)
 	$(PY) -m devkit.demo
 
 test: lint
 	$(PY) -m pytest
+
+# The fault and abuse suite (also part of `make test`, with a 20 s soak) with a 5-minute soak per stream app:
+# about 15 minutes on 2 cores; writes faults/results/latest.md.
+faults: $(STAMP)
+	FAULTS_REPORT=faults/results/latest.md FAULTS_SOAK_SECONDS=300 $(PY) -m pytest tests/test_faults_*.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
