@@ -101,3 +101,19 @@ def test_kill_9_leaves_the_row_running_the_readme_cleans_it_and_the_next_launch_
     server.admin(operator_cleanup(22, db.prefix), database=db.name)
     assert db.rows()[22]["EXIT_CODE"] == 0  # a finished row is never touched
     figures.add(f"{server.name}: killed row before the cleanup", "END_TIME NULL, EXIT_CODE NULL (RUNNING)")
+
+
+def test_malicious_table_prefix_stops_the_launch_before_any_sql(
+        task_db: Callable[..., TaskDatabase], start_app: StartApp) -> None:
+    db = task_db()
+    db.insert_execution(31, "python-task")
+    malicious = "TASK_EXECUTION; DROP TABLE TASK_SEQ; --"
+    args = [arg for arg in db.args if "tablePrefix" not in arg]
+    app = start_app(TASK_SCRIPT, ["--sleep.seconds=0", "--spring.cloud.task.executionid=31", *args,
+                                  f"--spring.cloud.task.tablePrefix={malicious}"])
+    assert app.wait(60) == 1
+    errors = [line for line in app.log.splitlines() if " ERROR " in line]
+    assert len(errors) == 1
+    assert "Invalid value for property 'spring.cloud.task.tablePrefix'" in errors[0]
+    assert db.rows()[31]["START_TIME"] is None  # untouched: nothing reached the database
+    assert db.server.admin(f"SELECT COUNT(*) FROM {db.table('SEQ')}", database=db.name)[0][0] >= 0

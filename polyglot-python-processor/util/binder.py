@@ -95,6 +95,13 @@ class _StopRequestedError(Exception):
     """SIGTERM arrived during a retry back-off: commit what is done and leave."""
 
 
+class _StartInterruptedError(BaseException):
+    """SIGTERM arrived while connecting (a broker may be unreachable): nothing to drain, leave at once.
+
+    A BaseException, so that no client code catching Exception swallows it.
+    """
+
+
 class Metrics:
     """Prometheus counters of one app, in its own registry."""
 
@@ -351,6 +358,8 @@ class Binder:
             self._stop_time = time.monotonic()
             log.info("Received %s: finishing the current batch, then closing", signal.Signals(signum).name)
             self.stop.set()
+            if self.state == "starting":
+                raise _StartInterruptedError
 
     def close(self) -> None:
         """Input first, then outputs, as Spring; everything was flushed, so short timeouts suffice."""
@@ -438,6 +447,8 @@ def run_app(handler: Handler, outputs: Sequence[str], options: Mapping[str, Prop
     try:
         binder.connect()
         binder.run()
+    except _StartInterruptedError:
+        log.info("Stopped while connecting to the brokers: nothing was consumed")
     except ConfigError as error:
         log.error("Configuration error: %s", error)
         sys.exit(1)
