@@ -26,7 +26,7 @@ Check = Callable[[], str | None]
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
-    request_queue_size = 128  # the listen backlog: a burst of connections must not wait on SYN retries
+    request_queue_size = 1024  # the listen backlog: a burst of connections must not wait on SYN retries
 
 
 class Actuator:
