@@ -247,7 +247,7 @@ class Binder:
             self._flush()
         offsets, rewound = {}, False
         for tp, pending in sent.items():
-            rewind = settle(recovered[tp])[1] or stopped[tp]  # a failed dead-letter send rewinds too
+            rewind = _first_failure(recovered[tp]) or stopped[tp]  # any failed dead-letter send rewinds
             if rewind is not None:
                 offset, error = rewind
                 log.error("Sending records from %s-%d failed (%s); rewinding to offset %d to retry them",
@@ -397,11 +397,22 @@ def settle(sent: Sequence[tuple[Any, Any]]) -> tuple[list[tuple[Any, Exception]]
     for record, future in sent:
         if future is None or future.succeeded():
             continue
-        error = future.exception if future.is_done else None
-        if error is None or getattr(error, "retriable", False):
-            return dead, (record.offset, error or KafkaTimeoutError("not acknowledged before the flush ended"))
+        error = _error(future)
+        if getattr(error, "retriable", False):
+            return dead, (record.offset, error)
         dead.append((record, error))
     return dead, None
+
+
+def _first_failure(sent: Sequence[tuple[Any, Any]]) -> tuple[int, Exception] | None:
+    """The offset and error of the first send that was not acknowledged, whatever the error."""
+    return next(((record.offset, _error(future)) for record, future in sent
+                 if future is not None and not future.succeeded()), None)
+
+
+def _error(future: Any) -> Exception:
+    """Why a send did not succeed; one still pending when the flush gave up counts as a retriable timeout."""
+    return future.exception if future.is_done else KafkaTimeoutError("not acknowledged before the flush ended")
 
 
 def _dlq_headers(record: Any, error: Exception) -> list[tuple[str, bytes]]:
