@@ -16,11 +16,11 @@ import pytest
 from kafka import KafkaProducer
 from kafka.errors import KafkaConnectionError, MessageSizeTooLargeError, TopicAlreadyExistsError
 from kafka.future import Future
-from test_stream_apps import expected, sinks_for
+from test_stream_apps import expected, latest_assignment, read_outputs, sinks_for
 
 from conftest import SOAK_SECONDS, STREAM_APPS, Figures, Kafka
 from devkit.apps import App
-from devkit.tansu import Tansu, free_port
+from devkit.tansu import Tansu
 from devkit.waiting import wait_for
 from util.binder import settle
 
@@ -64,15 +64,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * TICK
 
 
-def outputs(kafka: Kafka, sinks: dict[str, str], at_least: int) -> list[tuple[str, bytes]]:
-    """Every record on the output topics as (binding, payload), duplicates included."""
-    found: list[tuple[str, bytes]] = []
-    share = at_least // len(sinks)
-    for binding, topic in sinks.items():
-        found += [(binding, r.value) for r in kafka.read(topic, share, settle=2.0)]
-    return found
-
-
 def received(app: App) -> float:
     return app.metric("polyglot_records_received_total", binding="input")
 
@@ -94,7 +85,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(
 
     second = start_stream_app(kind, source, sinks, "--reversestring=true", group=group)
     wait_for(kafka.caught_up(group, ends), 120, "the restarted app to commit everything")
-    found = outputs(kafka, sinks, count)
+    found = read_outputs(kafka, sinks, count)
     want = [expected(kind, v) for v in values]
     assert set(found) == set(want), "records lost"
     duplicates = len(found) - count
@@ -126,30 +117,13 @@ def test_survivor_takes_over_the_partitions_of_an_instance_killed_with_kill_9(
     takeover = time.monotonic() - killed
     wait_for(kafka.caught_up(group, ends), 120, "the survivor to commit everything")
     done = time.monotonic() - killed
-    found = outputs(kafka, sinks, count)
+    found = read_outputs(kafka, sinks, count)
     assert set(found) == {expected(kind, v) for v in values}, "records lost"
     assert survivor.stop() == 0
     figures.add(f"{kind}: takeover (kill -9 to all {partitions} partitions assigned to the survivor)",
                 f"{takeover:.1f} s with session.timeout.ms=6000")
     figures.add(f"{kind}: kill -9 to everything committed", f"{done:.1f} s")
     figures.add(f"{kind}: lost, duplicates", f"0, {len(found) - count}")
-
-
-def latest_assignment(app: App) -> str:
-    lines = [line for line in app.log.splitlines() if "Partitions assigned:" in line]
-    return lines[-1] if lines else ""
-
-
-def test_sigterm_while_no_broker_answers_stops_at_once(start_app: Callable[..., App], figures: Figures) -> None:
-    bindings = ["--spring.cloud.stream.bindings.input.destination=in",
-                "--spring.cloud.stream.bindings.output.destination=out"]
-    app = start_app(STREAM_APPS["processor"][0], ["--server.port=0", *bindings],
-                    {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": f"127.0.0.1:{free_port()}"})
-    assert health(app)[0] == 503  # the actuator answers, DOWN, while the client keeps trying
-    signalled = time.monotonic()
-    assert app.stop(timeout=10) == 0
-    figures.add("SIGTERM to exit while connecting to an unreachable broker", f"{time.monotonic() - signalled:.1f} s")
-    assert "Stopped while connecting to the brokers" in app.log
 
 
 @pytest.fixture
@@ -201,7 +175,7 @@ def test_broker_stopped_for_10_s_then_started_again(
         up_after = time.monotonic() - started
         after = [f"11/23/26 10:00:10 #{i:03d}".encode() for i in range(100)]
         kafka.produce(source, after)
-        found = wait_for(lambda: set(outputs(kafka, sinks, 1)) >= {expected(kind, v) for v in after}, 90,
+        found = wait_for(lambda: set(read_outputs(kafka, sinks, 1)) >= {expected(kind, v) for v in after}, 90,
                          "the records produced after the restart")
         resumed = time.monotonic() - started
         assert found

@@ -66,7 +66,7 @@ def test_two_instances_in_one_group_split_partitions_and_process_everything_once
     first.wait_for_log(r"Partitions assigned: \S")
     second = start_stream_app(kind, source, sinks, "--reversestring=true", group=group)
     for app in (first, second):
-        wait_for(lambda app=app: _latest_assignment(app).count(source) == 2, 60, "a 2-partition share each")
+        wait_for(lambda app=app: latest_assignment(app).count(source) == 2, 60, "a 2-partition share each")
     values = [f"11/23/26 09:00:00 #{i:04d}".encode() for i in range(4000)]
     ends = kafka.produce(source, values, partition=lambda i: i % 4)
     wait_for(kafka.caught_up(group, ends), 90, "both instances to commit everything")
@@ -77,6 +77,6 @@ def test_two_instances_in_one_group_split_partitions_and_process_everything_once
     assert second.stop() == 0
 
 
-def _latest_assignment(app: App) -> str:
+def latest_assignment(app: App) -> str:
     lines = [line for line in app.log.splitlines() if "Partitions assigned:" in line]
     return lines[-1] if lines else ""
