@@ -35,9 +35,23 @@ class _Server:
     def _launch(self, command: Sequence[str]) -> None:
         with (self.dir / "server.log").open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        wait_for(lambda: accepts(self.port) or self.process.poll() is not None, 60, f"{self.name} on {self.port}")
+        wait_for(lambda: self._answers() or self.process.poll() is not None, 60, f"{self.name} on {self.port}")
         if self.process.poll() is not None:
             raise RuntimeError(f"{self.name} exited: {(self.dir / 'server.log').read_text()[-2000:]}")
+
+    def _answers(self) -> bool:
+        """Whether the server runs a query: an open port alone can still mean "the database system is starting up"."""
+        if not accepts(self.port):
+            return False
+        try:
+            self.admin("SELECT 1")
+        except Exception:  # noqa: BLE001 - any refusal means not ready yet; the deadline reports it
+            return False
+        return True
+
+    def admin(self, *statements: str, database: str | None = None) -> list[tuple]:
+        """Run statements as the server's superuser; the rows of the last one."""
+        raise NotImplementedError
 
     def stop(self) -> None:
         terminate(self.process, 30)
@@ -104,10 +118,10 @@ class PostgreSQL(_Server):
                       str(self.port), "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1"])
         return self
 
-    def admin(self, *statements: str, database: str = "postgres") -> list[tuple]:
+    def admin(self, *statements: str, database: str | None = None) -> list[tuple]:
         import psycopg
 
-        with psycopg.connect(host=str(self.dir), port=self.port, user="postgres", dbname=database,
+        with psycopg.connect(host=str(self.dir), port=self.port, user="postgres", dbname=database or "postgres",
                              autocommit=True) as connection:
             rows: list[tuple] = []
             for statement in statements:
