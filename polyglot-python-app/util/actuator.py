@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
@@ -16,7 +17,8 @@ from .arguments import ConfigError, Properties, Property
 log = logging.getLogger(__name__)
 
 SERVER_PORT = Property("server.port", int, 8080, "HTTP port of the actuator endpoints (0 picks a free port).")
-SERVER_ADDRESS = Property("server.address", str, "0.0.0.0", "Address the actuator endpoints listen on.")
+SERVER_ADDRESS = Property("server.address", str, None,
+                          "Address the actuator endpoints listen on; default every address, IPv4 and IPv6.")
 PROPERTIES = (SERVER_PORT, SERVER_ADDRESS)
 
 # A check returns None when healthy, else why not.
@@ -27,6 +29,26 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     request_queue_size = 1024  # the listen backlog: a burst of connections must not wait on SYN retries
+
+
+class _Server6(_Server):
+    """IPv6, and IPv4 too on ``::`` (IPv6-only clusters exist; so do IPv4-only ones)."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def _listen(address: str | None, port: int, handler: type[BaseHTTPRequestHandler]) -> _Server:
+    """Listen on ``address``; with none, dual-stack on ``::`` where the host has IPv6, else on 0.0.0.0."""
+    if address is None:
+        try:
+            return _Server6(("::", port), handler)
+        except OSError:  # no IPv6 on this host
+            return _Server(("0.0.0.0", port), handler)
+    return (_Server6 if ":" in address else _Server)((address.strip("[]"), port), handler)
 
 
 class Actuator:
@@ -44,10 +66,10 @@ class Actuator:
         if not 0 <= port < 65536:
             raise ConfigError(f"Invalid value '{port}' for property '{SERVER_PORT.name}': expected 0 to 65535")
         try:
-            self._server = _Server((address, port), _handler(self))
+            self._server = _listen(address, port, _handler(self))
         except OSError as error:
-            raise ConfigError(f"Cannot listen on {address}:{port} (property '{SERVER_PORT.name}'): "
-                              f"{error.strerror}") from None
+            raise ConfigError(f"Cannot listen on {address or '*'}:{port} (properties '{SERVER_ADDRESS.name}', "
+                              f"'{SERVER_PORT.name}'): {error.strerror or error}") from None
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, name="actuator", daemon=True).start()
         log.info("Actuator started on port %d (http) at /actuator/health, /actuator/info, /actuator/prometheus",

@@ -1,8 +1,12 @@
 """The Kafka binder: consume a batch, call the app's function, send, flush, commit; SIGTERM drains.
 
-At-least-once: offsets are committed only for partitions whose every output was acknowledged.
-A record that keeps failing goes to the DLQ (or is logged and skipped) and its offset is committed,
-so one bad record never blocks a partition. A failed send rewinds its partition instead.
+At-least-once: a partition's offset is committed only up to its first record whose output (or
+dead-letter copy) the broker has not acknowledged. A record that keeps failing, or that the client or
+broker refuses for its own sake (too large, malformed), goes to the DLQ or is logged and skipped, so
+one bad record never blocks a partition. A send refused for any other reason (authorisation, the topic,
+the cluster, a timeout) rewinds its partition; a dead-letter copy the broker refuses holds its
+partition. Either way the partition pauses with back-off while the others flow, and health is DOWN
+until it moves again. No batch outlives ``max.poll.interval.ms``: the group never evicts the app.
 """
 
 from __future__ import annotations
@@ -17,12 +21,23 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
+from kafka.errors import (
+    CommitFailedError,
+    CorruptRecordError,
+    InvalidRecordError,
+    InvalidTimestampError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    UnsupportedForMessageFormatError,
+)
+from kafka.serializer import Serializer
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from . import kafka_config, logs
@@ -42,6 +57,7 @@ from .bindings import (
     provision,
     resolve_input,
     resolve_output,
+    too_few_partitions,
 )
 from .bindings import PROPERTIES as BINDING_PROPERTIES
 from .headers import HeaderError, content_type, header_text, is_text, outbound_headers
@@ -51,8 +67,16 @@ log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_MS = 1000  # how long an idle poll waits: bounds how late a SIGTERM is noticed
 SHUTDOWN_SECONDS = 8.0  # the drain's budget after SIGTERM, inside Kubernetes' and Spring's 10 s
+PAUSE_FIRST, PAUSE_LONGEST = 1.0, 30.0  # a stalled partition's back-off, doubling in between (s)
 COMMON_PROPERTIES: tuple[Property, ...] = (*kafka_config.PROPERTIES, *BINDING_PROPERTIES, *ACTUATOR_PROPERTIES,
                                            *logs.PROPERTIES)
+# Refusals about the record itself: it takes its error path. Any other failure of a send is the broker's.
+RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, CorruptRecordError, InvalidRecordError,
+                 InvalidTimestampError, UnsupportedForMessageFormatError)
+SIZE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError)
+TIMESTAMP_TYPES = {0: b"CreateTime", 1: b"LogAppendTime"}  # Java's TimestampType names; -1 is NoTimestampType
+# kafka-python writes no null header value: such a header is forwarded with an empty one.
+NULL_HEADER = b""
 
 
 @dataclass(frozen=True)
@@ -60,7 +84,7 @@ class Message:
     """What the app's function sees and returns: payload bytes, inbound headers, content type."""
 
     payload: bytes
-    headers: Sequence[tuple[str, bytes]]
+    headers: Sequence[tuple[str, bytes | None]]
     content_type: str
 
     def text(self) -> str:
@@ -91,8 +115,20 @@ def app_properties(outputs: Sequence[str], options: Mapping[str, Property],
 Handler = Callable[..., tuple[str, Message]]
 
 
-class _StopRequestedError(Exception):
-    """SIGTERM arrived during a retry back-off: commit what is done and leave."""
+class _InterruptedError(Exception):
+    """SIGTERM, or the end of the batch's time, arrived during a retry back-off at this record."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(offset)
+        self.offset = offset
+
+
+class _RewindError(Exception):
+    """The broker refused a send for a reason that is not the record's: process it again, later."""
+
+    def __init__(self, offset: int, error: Exception) -> None:
+        super().__init__(offset, error)
+        self.offset, self.error = offset, error
 
 
 class _StartInterruptedError(BaseException):
@@ -100,6 +136,49 @@ class _StartInterruptedError(BaseException):
 
     A BaseException, so that no client code catching Exception swallows it.
     """
+
+
+class TombstoneError(ValueError):
+    """A record with a null value reached an app that has no output for it."""
+
+
+class _NullKey(Serializer):
+    """Lets a record with neither key nor value (a tombstone) through kafka-python, which refuses both None."""
+
+    NULL = object()
+
+    def serialize(self, topic: str, headers: Any, key: Any) -> Any:
+        return None if key is self.NULL else key
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One record's send: its output, or (``cause`` set) its dead-letter copy; no future and no refusal: skipped."""
+
+    record: Any
+    future: Any = None
+    refused: Exception | None = None  # the client refused the send at once
+    cause: Exception | None = None  # a dead-letter copy: the record's own failure, for its x-exception-* headers
+    trace: int | None = None  # a dead-letter copy: the bytes of stack trace it could carry (0: only the last line)
+
+    def failure(self) -> Exception | None:
+        """None once acknowledged (or skipped); else why not. Unfinished when the flush ended: a timeout."""
+        if self.refused is not None:
+            return self.refused
+        if self.future is None or self.future.succeeded():
+            return None
+        return self.future.exception if self.future.is_done else KafkaTimeoutError("not acknowledged in time")
+
+
+@dataclass
+class Stalled:
+    """A paused partition: rewound after the broker refused a send, or held at refused dead-letter copies."""
+
+    resume: int  # the offset it continues from
+    reason: str
+    pause: float
+    due: float
+    copies: list[Delivery] = field(default_factory=list)  # oldest first: they must reach the DLQ before it moves
 
 
 class Metrics:
@@ -113,20 +192,28 @@ class Metrics:
                             registry=self.registry)
         self.failed = Counter("polyglot_records_failed", "Records that failed every attempt.", ["binding"],
                               registry=self.registry).labels("input")
-        self.dead_lettered = Counter("polyglot_records_dead_lettered", "Records sent to the dead-letter topic.",
-                                     ["binding"], registry=self.registry).labels("input")
+        self.dead_lettered = Counter("polyglot_records_dead_lettered",
+                                     "Records the dead-letter topic acknowledged.", ["binding"],
+                                     registry=self.registry).labels("input")
         self.batch_seconds = Histogram("polyglot_batch_processing_seconds",
                                        "Time to process, send, flush and commit one polled batch.",
                                        registry=self.registry)
+
+
+def about_the_record(error: BaseException) -> bool:
+    """A send failure the record itself caused: the client refused it (any non-Kafka error) or the broker did."""
+    return isinstance(error, RECORD_ERRORS) or not isinstance(error, KafkaError)
 
 
 class Binder:
     """One app's consumer, producers and loop."""
 
     def __init__(self, properties: Properties, handler: Handler, options: Mapping[str, Any],
-                 source: InputBinding, outputs: Mapping[str, OutputBinding], metrics: Metrics) -> None:
+                 source: InputBinding, outputs: Mapping[str, OutputBinding], metrics: Metrics,
+                 tombstones: str | None = None) -> None:
         self.properties, self.handler, self.options = properties, handler, options
         self.source, self.outputs, self.metrics = source, outputs, metrics
+        self.tombstones = tombstones  # the output a tombstone passes to unchanged; None: its error path
         self.stop = threading.Event()
         self._stop_time = 0.0
         self.state = "starting"
@@ -136,10 +223,23 @@ class Binder:
         self.producers: dict[str, KafkaProducer] = {}
         self.partition_counts: dict[str, int] = {}
         self.sent = {name: metrics.sent.labels(name) for name in outputs}
+        self.stalled: dict[TopicPartition, Stalled] = {}
+        self._pauses: dict[TopicPartition, float] = {}  # the last back-off of a partition that keeps stalling
+        # A record whose retries its batch had no time for: attempts made, and when the next one is due.
+        self._attempts: dict[tuple[str, int, int], tuple[int, float]] = {}
+        self._budget = 150.0  # half of max.poll.interval.ms: the longest a batch may take
+        self._until = 0.0  # when the current batch stops taking records
+        self._dlq_limit = 0
 
     # -- health ---------------------------------------------------------------------------------
     def loop_check(self) -> str | None:
         return None if self.state in ("starting", "running") else f"consumer loop is {self.state}"
+
+    def delivery_check(self) -> str | None:
+        """DOWN while a partition is paused because the broker refuses its sends or dead-letter copies."""
+        stalled = sorted(self.stalled.items(), key=lambda item: (item[0].topic, item[0].partition))
+        return "; ".join(f"{tp.topic}-{tp.partition} stalled at offset {s.resume if not s.copies else _first(s)}: "
+                         f"{s.reason}" for tp, s in stalled) or None
 
     def broker_check(self) -> str | None:
         """Any bootstrap broker accepts a TCP connection (cached 2 s so probes stay cheap)."""
@@ -160,29 +260,37 @@ class Binder:
 
     # -- start ----------------------------------------------------------------------------------
     def connect(self) -> None:
-        """Create topics, producers and the consumer; KafkaError when the brokers cannot be reached."""
-        topics = {d: 1 for d in self.source.destinations}
-        topics.update({o.destination: o.partition_count for o in self.outputs.values()})
+        """Provision topics, create producers and the consumer; KafkaError when the brokers cannot be reached."""
+        needed = self.source.concurrency * self.properties.get(INSTANCE_COUNT)
+        asked_by = None if self.source.auto_rebalance else INSTANCE_COUNT.name  # a fixed assignment needs them all
+        topics = {d: (needed, asked_by) for d in self.source.destinations}
+        topics.update({o.destination: (o.partition_count, _count_property(o)) for o in self.outputs.values()})
         provision(self.properties, topics)
         for name in self.outputs:
-            self.producers[name] = KafkaProducer(**kafka_config.client_settings(self.properties, name, "producer"))
+            settings = kafka_config.client_settings(self.properties, name, "producer")
+            self.producers[name] = KafkaProducer(key_serializer=_NullKey(), **settings)
         for output in self.outputs.values():
-            found = self.producers[output.name].partitions_for(output.destination) or {0}
-            self.partition_counts[output.destination] = max(output.partition_count, len(found))
+            found = len(self.producers[output.name].partitions_for(output.destination) or {0})
+            if found < output.partition_count:  # as Spring: the topic must have what partitionCount asks
+                raise ConfigError(too_few_partitions(output.destination, output.partition_count, found,
+                                                     _count_property(output)))
+            self.partition_counts[output.destination] = found
         if self.source.dlq:
             settings = kafka_config.client_settings(self.properties, None, "producer")
             # A dead-lettered record is as big as the input topic let it be: send any the consumer can fetch.
             fetchable = consumer_settings(self.properties, self.source).get(
                 "fetch_max_bytes", KafkaConsumer.DEFAULT_CONFIG["fetch_max_bytes"])
             settings["max_request_size"] = max(settings.get("max_request_size", 0), fetchable)
-            self.producers["dlq"] = KafkaProducer(**settings)
-            dlqs = {self.source.dlq_topic(d): len(self.producers["dlq"].partitions_for(d) or {0})
+            self._dlq_limit = settings["max_request_size"]
+            self.producers["dlq"] = KafkaProducer(key_serializer=_NullKey(), **settings)
+            dlqs = {self.source.dlq_topic(d): (len(self.producers["dlq"].partitions_for(d) or {0}), None)
                     for d in self.source.destinations}
             provision(self.properties, dlqs)
         settings = consumer_settings(self.properties, self.source)
         self.consumer = KafkaConsumer(**settings)
+        self._budget = self.consumer.config["max_poll_interval_ms"] / 2000
         if self.source.auto_rebalance:
-            self.consumer.subscribe(list(self.source.destinations), listener=_RebalanceLog())
+            self.consumer.subscribe(list(self.source.destinations), listener=_Rebalance(self))
         else:
             self.consumer.assign(self._static_assignment())
         origin = f"(from {self.source.group_from})" if self.source.group_from else "(no group set: anonymous)"
@@ -207,136 +315,248 @@ class Binder:
         assert self.consumer is not None
         self.state = "running"
         while not self.stop.is_set():
-            batch = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+            self._restart_stalled()
+            batch = self.consumer.poll(timeout_ms=self._poll_timeout())
             if batch:
                 started = time.perf_counter()
                 self._process_batch(batch)
                 self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.state = "stopped"
 
-    def _process_batch(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
-        sent: dict[TopicPartition, list[tuple[Any, Any]]] = {}
-        stopped: dict[TopicPartition, tuple[int, Exception]] = {}
-        try:
-            for tp, records in batch.items():
-                pending = sent[tp] = []
-                for record in records:
-                    try:
-                        pending.append((record, self._process(record)))
-                    except KafkaError as error:  # the broker did not take the send: rewind, never skip
-                        stopped[tp] = (record.offset, error)
-                        break
-                self.metrics.received.inc(len(records))
-        except _StopRequestedError:
-            log.info("Stopping during a retry back-off: committing the records already processed")
-        self._flush()
-        # Sends the broker refused for good take the record's error path; the first retriable failure rewinds.
-        recovered: dict[TopicPartition, list[tuple[Any, Any]]] = {}
-        for tp, pending in sent.items():
-            dead, rewind = settle(pending)
-            rewind = rewind or stopped.get(tp)
-            recovered[tp] = []
-            for record, error in dead:
-                try:
-                    recovered[tp].append((record, self._give_up(record, error)))
-                except KafkaError as dlq_error:
-                    rewind = (record.offset, dlq_error)
-                    break
-            stopped[tp] = rewind
-        if any(recovered.values()):
-            self._flush()
-        offsets, rewound = {}, False
-        for tp, pending in sent.items():
-            rewind = _first_failure(recovered[tp]) or stopped[tp]  # any failed dead-letter send rewinds
-            if rewind is not None:
-                offset, error = rewind
-                log.error("Sending records from %s-%d failed (%s); rewinding to offset %d to retry them",
-                          tp.topic, tp.partition, error, offset)
-                self.consumer.seek(tp, offset)
-                rewound = True
-                if offset > batch[tp][0].offset:
-                    offsets[tp] = OffsetAndMetadata(offset, "", -1)
-            elif pending:
-                offsets[tp] = OffsetAndMetadata(pending[-1][0].offset + 1, "", -1)
-        self._commit(offsets)
-        if rewound:
-            self.stop.wait(1.0)  # the broker is struggling: do not spin on it
+    def _poll_timeout(self) -> int:
+        """An idle poll's wait, shorter when a stalled partition is due sooner."""
+        due = min((s.due for s in self.stalled.values()), default=float("inf"))
+        return int(max(0.0, min(POLL_TIMEOUT_MS / 1000, due - time.monotonic())) * 1000)
 
-    def _process(self, record: Any) -> Any:
-        """Send the function's output (or the DLQ copy) of one record; None when it is skipped."""
-        initial, multiplier, longest = self.source.back_off
-        for attempt in range(1, self.source.max_attempts + 1):
+    def _process_batch(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
+        started = time.monotonic()
+        self._until = started + self._budget
+        done: dict[TopicPartition, list[Delivery]] = {}
+        rewinds: dict[TopicPartition, tuple[int, Exception | None]] = {}
+        partitions = list(batch)
+        for index, tp in enumerate(partitions):
+            deliveries = done[tp] = []
             try:
-                return self._send(*self._apply(record))
-            except KafkaTimeoutError:
-                raise  # no metadata or buffer space: a broker problem, not this record's
-            except Exception as error:  # noqa: BLE001 - whatever the function or the send raises takes the error path
+                for record in batch[tp]:
+                    deliveries.append(self._deliver(record))
+            except _RewindError as rewind:
+                rewinds[tp] = (rewind.offset, rewind.error)
+            except _InterruptedError as interrupted:  # SIGTERM, or the poll interval is running out
+                rewinds[tp] = (interrupted.offset, None)
+                rewinds.update({later: (batch[later][0].offset, None) for later in partitions[index + 1:]})
+                if not self.stop.is_set():
+                    log.info("The batch has taken %.0f s, half of max.poll.interval.ms: committing what is done "
+                             "and polling again", time.monotonic() - started)
+                break
+            finally:
+                self.metrics.received.inc(len(deliveries))
+        held, refused = self._complete(done, self._until + self._budget / 2)
+        for tp, (offset, error) in refused.items():
+            rewinds[tp] = min(rewinds.get(tp, (offset, error)), (offset, error), key=lambda r: r[0])
+        self._advance(batch, held, rewinds)
+
+    def _deliver(self, record: Any) -> Delivery:
+        """Send the function's output of one record, retrying the function; its dead-letter copy when it gives up."""
+        if record.value is None and self.tombstones is None:
+            return self._give_up(record, TombstoneError("a tombstone (null value): this app has no output for it"),
+                                 attempts=0)
+        where = (record.topic, record.partition, record.offset)
+        initial, multiplier, longest = self.source.back_off
+        made, not_before = self._attempts.pop(where, (0, 0.0))
+        for attempt in range(made + 1, self.source.max_attempts + 1):
+            pause = not_before - time.monotonic()
+            if pause > 0 and (time.monotonic() + pause > self._until or self.stop.wait(pause)):
+                self._attempts[where] = (attempt - 1, not_before)  # the next batch goes on from here
+                raise _InterruptedError(record.offset)
+            try:
+                output, value, headers, partition, key = self._prepare(record)
+            except Exception as error:  # noqa: BLE001 - whatever the function raises takes the error path
                 if attempt == self.source.max_attempts:
                     return self._give_up(record, error)
-                delay = min(initial * multiplier ** (attempt - 1), longest)
+                delay = min(initial * multiplier ** (attempt - 1), longest, self._budget)
+                not_before = time.monotonic() + delay
                 log.debug("Record %s failed (attempt %d): %s; retrying in %.1f s", _where(record), attempt,
                           error, delay)
-                if self.stop.wait(delay):
-                    raise _StopRequestedError from None
-        return None
+                continue
+            try:
+                future = self.producers[output.name].send(output.destination, value=value, key=key,
+                                                          headers=headers, partition=partition)
+            except Exception as error:  # noqa: BLE001 - no refusal ends the loop: settled as an asynchronous one
+                if about_the_record(error):
+                    return self._give_up(record, error, attempts=attempt)
+                raise _RewindError(record.offset, error) from None
+            self.sent[output.name].inc()
+            return Delivery(record, future)
+        return self._give_up(record, RuntimeError("no attempt left"), attempts=made)  # maxAttempts lowered meanwhile
 
-    def _apply(self, record: Any) -> tuple[OutputBinding, Message]:
+    def _prepare(self, record: Any) -> tuple[OutputBinding, bytes | None, Any, int | None, Any]:
+        """The function's output of a record: binding, value, headers, partition and key to send."""
         headers = record.headers if self.source.headers else ()
-        message = Message(record.value or b"", headers, content_type(headers, self.source.content_type))
-        name, out = self.handler(message, **self.options)
-        if name not in self.outputs:
-            raise ValueError(f"the function returned unknown output binding '{name}'")
-        return self.outputs[name], out
+        media = content_type(headers, self.source.content_type)
+        if record.value is None:  # a tombstone passes through, keyed as it came: its key is what it deletes
+            output, payload, out_headers = self.outputs[self.tombstones], None, headers
+            key = _NullKey.NULL if record.key is None else record.key
+        else:
+            name, out = self.handler(Message(record.value, headers, media), **self.options)
+            if name not in self.outputs:
+                raise ValueError(f"the function returned unknown output binding '{name}'")
+            output, payload, out_headers, media, key = (self.outputs[name], out.payload, out.headers,
+                                                        out.content_type, None)
+        media = output.content_type or media
+        sent_headers = outbound_headers(out_headers, media, NULL_HEADER) if output.headers else None
+        partition = self._partition(output, payload or b"", out_headers, media) if output.partition_key else None
+        return output, payload, sent_headers, partition, key
 
-    def _send(self, output: OutputBinding, out: Message) -> Any:
-        media_type = output.content_type or out.content_type
-        headers = outbound_headers(out.headers, media_type) if output.headers else None
-        partition = self._partition(output, out, media_type) if output.partition_key else None
-        future = self.producers[output.name].send(output.destination, value=out.payload, headers=headers,
-                                                  partition=partition)
-        self.sent[output.name].inc()
-        return future
-
-    def _partition(self, output: OutputBinding, out: Message, media_type: str) -> int:
+    def _partition(self, output: OutputBinding, payload: bytes, headers: Any, media_type: str) -> int:
         count = self.partition_counts[output.destination]
         if output.partition_key == "payload":
             if is_text(media_type):
                 try:
-                    return select_partition(java_string_hash(out.payload.decode("utf-8")), count)
+                    return select_partition(java_string_hash(payload.decode("utf-8")), count)
                 except UnicodeDecodeError:
                     pass
-            return select_partition(java_bytes_hash(out.payload), count)
-        key = header_text(out.headers, output.partition_key)
+            return select_partition(java_bytes_hash(payload), count)
+        key = header_text(headers, output.partition_key)
         if key is None:
             raise HeaderError(f"partition key header '{output.partition_key}' is missing")
         return select_partition(java_string_hash(key), count)
 
-    def _give_up(self, record: Any, error: Exception) -> Any:
+    def _give_up(self, record: Any, error: Exception, attempts: int | None = None) -> Delivery:
+        """The record failed for good (counted once): its dead-letter copy, or a skip."""
         self.metrics.failed.inc()
+        attempts = self.source.max_attempts if attempts is None else attempts
         reason = f"{type(error).__name__}: {error}"
         if not self.source.dlq:
-            log.error("Record %s skipped after %d attempt(s): %s", _where(record), self.source.max_attempts, reason)
-            return None
-        topic = self.source.dlq_topic(record.topic)
-        producer = self.producers["dlq"]
-        partitions = producer.partitions_for(topic) or {0}
-        future = producer.send(topic, value=record.value, key=record.key, partition=record.partition % len(partitions),
-                               headers=[*record.headers, *_dlq_headers(record, error)])
-        self.metrics.dead_lettered.inc()
-        log.warning("Record %s sent to dead-letter topic '%s' after %d attempt(s): %s", _where(record), topic,
-                    self.source.max_attempts, reason)
-        return future
+            log.error("Record %s skipped after %d attempt(s): %s", _where(record), attempts, reason)
+            return Delivery(record)
+        log.warning("Record %s sent to dead-letter topic '%s' after %d attempt(s): %s", _where(record),
+                    self.source.dlq_topic(record.topic), attempts, reason)
+        return self._dead_letter(record, error, None)
 
-    def _flush(self) -> None:
-        """Wait for every send; after SIGTERM only as long as the shutdown budget allows."""
+    def _dead_letter(self, record: Any, cause: Exception, trace: int | None) -> Delivery:
+        """Send a record's dead-letter copy: its key, value and headers plus Spring's ``x-*`` headers.
+
+        ``trace`` bounds the stack trace (None: what the producer's max.request.size leaves room for).
+        """
+        headers = [*((k, NULL_HEADER if v is None else v) for k, v in record.headers), *_dlq_headers(record, cause)]
+        if trace is None:
+            trace = self._dlq_limit - _size(record, headers) - 512
+        headers.append(("x-exception-stacktrace", _stack_trace(cause, trace)))
+        copy = Delivery(record, cause=cause, trace=trace)
+        try:
+            producer = self.producers["dlq"]
+            topic = self.source.dlq_topic(record.topic)
+            partitions = producer.partitions_for(topic) or {0}
+            copy.future = producer.send(topic, value=record.value, partition=record.partition % len(partitions),
+                                        key=_NullKey.NULL if record.key is None else record.key, headers=headers)
+        except Exception as error:  # noqa: BLE001 - a refused copy holds its partition, never ends the loop
+            copy.refused = error
+        return copy
+
+    def _complete(self, pending: dict[TopicPartition, list[Delivery]], until: float) -> tuple[
+            dict[TopicPartition, list[Delivery]], dict[TopicPartition, tuple[int, Exception]]]:
+        """Flush and settle sends until nothing more can be sent now: ``(held, rewinds)``.
+
+        Outputs the broker refused for the record's sake get their dead-letter copy; a copy refused for
+        its size is sent again with only the stack trace's last line; copies still refused are ``held``.
+        An output refused for any other reason rewinds its partition to it (later outputs are re-sent).
+        """
+        held: dict[TopicPartition, list[Delivery]] = {}
+        rewinds: dict[TopicPartition, tuple[int, Exception]] = {}
+        while pending:
+            self._flush(until)
+            again: dict[TopicPartition, list[Delivery]] = {}
+            for tp, deliveries in pending.items():
+                for sent in deliveries:
+                    error = sent.failure()
+                    if error is None:
+                        if sent.cause is not None:
+                            self.metrics.dead_lettered.inc()
+                    elif sent.cause is None and not about_the_record(error):
+                        rewinds[tp] = (sent.record.offset, error)
+                        break
+                    elif sent.cause is None:
+                        again.setdefault(tp, []).append(self._give_up(sent.record, error, attempts=1))
+                    elif isinstance(error, SIZE_ERRORS) and sent.trace != 0:
+                        again.setdefault(tp, []).append(self._dead_letter(sent.record, sent.cause, 0))
+                    else:
+                        log.error("Record %s could not be sent to dead-letter topic '%s' (%s): its partition waits "
+                                  "until it can", _where(sent.record), self.source.dlq_topic(sent.record.topic),
+                                  _describe(error))
+                        sent.refused = error
+                        held.setdefault(tp, []).append(sent)
+            pending = again
+        return held, rewinds
+
+    def _advance(self, batch: Mapping[TopicPartition, list[Any]], held: dict[TopicPartition, list[Delivery]],
+                 rewinds: dict[TopicPartition, tuple[int, Exception | None]]) -> None:
+        """Commit each partition up to its first unfinished record; pause the ones that stalled."""
+        offsets = {}
+        for tp, records in batch.items():
+            first, resume = records[0].offset, records[-1].offset + 1
+            rewind, error = rewinds.get(tp, (resume, None))
+            copies = sorted(held.get(tp, []), key=lambda d: d.record.offset)
+            committed = min([rewind, *(d.record.offset for d in copies)])
+            if committed > first:
+                offsets[tp] = OffsetAndMetadata(committed, "", -1)
+            if rewind < resume:
+                self.consumer.seek(tp, rewind)
+            if copies:
+                self._stall(tp, rewind, f"dead-letter copies refused ({_describe(copies[0].refused)})", copies)
+            elif error is not None:
+                log.error("Sending records from %s-%d failed (%s); rewinding to offset %d to retry them",
+                          tp.topic, tp.partition, _describe(error), rewind)
+                self._stall(tp, rewind, f"sends refused ({_describe(error)})")
+            else:
+                self._pauses.pop(tp, None)
+        self._commit(offsets)
+
+    def _stall(self, tp: TopicPartition, resume: int, reason: str, copies: list[Delivery] | None = None) -> None:
+        """Pause a partition; it is tried again after a back-off that doubles while it keeps stalling."""
+        pause = min(self._pauses.get(tp, PAUSE_FIRST / 2) * 2, PAUSE_LONGEST, self._budget)
+        self._pauses[tp] = pause
+        self.stalled[tp] = Stalled(resume, reason, pause, time.monotonic() + pause, copies or [])
+        self.consumer.pause(tp)
+
+    def _restart_stalled(self) -> None:
+        """Resend the held dead-letter copies that are due; resume partitions with nothing left to wait for."""
+        now = time.monotonic()
+        due = {tp: s for tp, s in self.stalled.items() if s.due <= now}
+        if not due:
+            return
+        self._until = now + self._budget
+        resent = {tp: [self._dead_letter(d.record, d.cause, d.trace) for d in s.copies]
+                  for tp, s in due.items() if s.copies}
+        held, _ = self._complete(resent, self._until)
+        offsets = {}
+        for tp, stalled in due.items():
+            copies = sorted(held.get(tp, []), key=lambda d: d.record.offset)
+            if copies:
+                offsets[tp] = OffsetAndMetadata(copies[0].record.offset, "", -1)
+                self._stall(tp, stalled.resume, f"dead-letter copies refused ({_describe(copies[0].refused)})",
+                            copies)
+                continue
+            if stalled.copies:
+                offsets[tp] = OffsetAndMetadata(stalled.resume, "", -1)
+                log.info("Every held record of %s-%d reached the dead-letter topic: the partition moves again",
+                         tp.topic, tp.partition)
+            del self.stalled[tp]
+            self.consumer.seek(tp, stalled.resume)
+            self.consumer.resume(tp)
+        self._commit(offsets)
+
+    def _flush(self, until: float) -> None:
+        """Wait for every send until ``until`` (after SIGTERM, the shutdown budget); later ones count as failed."""
+        if self.stop.is_set():
+            until = min(until, self._deadline)
         for producer in self.producers.values():
             while True:
                 try:
-                    producer.flush(timeout=1.0)
+                    producer.flush(timeout=max(0.1, min(1.0, until - time.monotonic())))
                     break
                 except KafkaTimeoutError:
-                    if self.stop.is_set() and time.monotonic() > self._deadline:
-                        log.warning("Unsent records are left uncommitted: they will be processed again")
+                    if time.monotonic() > until:
+                        log.warning("Sends not acknowledged in time are left uncommitted: they will be sent again")
                         return
 
     def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
@@ -348,6 +568,14 @@ class Binder:
             log.warning("Offsets not committed: the group rebalanced; the records will be redelivered")
         except KafkaError as error:
             log.warning("Offsets not committed (%s); the records will be redelivered", error)
+
+    def forget(self, partitions: Sequence[TopicPartition]) -> None:
+        """Partitions revoked: their new owner starts from the committed offsets."""
+        for tp in partitions:
+            self.stalled.pop(tp, None)
+            self._pauses.pop(tp, None)
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._attempts = {where: made for where, made in self._attempts.items() if where[:2] not in gone}
 
     @property
     def _deadline(self) -> float:
@@ -369,11 +597,15 @@ class Binder:
             producer.close(timeout=2)
 
 
-class _RebalanceLog(ConsumerRebalanceListener):
-    """Offsets are committed before every poll, so a rebalance only needs to be logged."""
+class _Rebalance(ConsumerRebalanceListener):
+    """Offsets are committed before every poll: a rebalance is logged, and stalls of revoked partitions dropped."""
+
+    def __init__(self, binder: Binder) -> None:
+        self.binder = binder
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         if revoked:
+            self.binder.forget(list(revoked))
             log.info("Partitions revoked: %s", ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(revoked)))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
@@ -385,57 +617,57 @@ def _where(record: Any) -> str:
     return f"{record.topic}-{record.partition}@{record.offset}"
 
 
-def settle(sent: Sequence[tuple[Any, Any]]) -> tuple[list[tuple[Any, Exception]], tuple[int, Exception] | None]:
-    """Sort the sends of one partition, in order, once flushed: ``(dead, rewind)``.
-
-    ``dead`` are the records whose send the broker refused for good (a non-retriable error), to take
-    the error path; ``rewind`` is the offset (and error) of the first send that failed retriably or
-    was never acknowledged: it and everything after it are processed again. A None future is a
-    skipped record.
-    """
-    dead: list[tuple[Any, Exception]] = []
-    for record, future in sent:
-        if future is None or future.succeeded():
-            continue
-        error = _error(future)
-        if getattr(error, "retriable", False):
-            return dead, (record.offset, error)
-        dead.append((record, error))
-    return dead, None
+def _first(stalled: Stalled) -> int:
+    return min(d.record.offset for d in stalled.copies)
 
 
-def _first_failure(sent: Sequence[tuple[Any, Any]]) -> tuple[int, Exception] | None:
-    """The offset and error of the first send that was not acknowledged, whatever the error."""
-    return next(((record.offset, _error(future)) for record, future in sent
-                 if future is not None and not future.succeeded()), None)
+def _describe(error: BaseException | None) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
-def _error(future: Any) -> Exception:
-    """Why a send did not succeed; one still pending when the flush gave up counts as a retriable timeout."""
-    return future.exception if future.is_done else KafkaTimeoutError("not acknowledged before the flush ended")
+def _count_property(output: OutputBinding) -> str:
+    return output_properties(output.name)["partition_count"].name
 
 
-def _dlq_headers(record: Any, error: Exception) -> list[tuple[str, bytes]]:
-    """The ``x-*`` headers Spring's Kafka binder adds to a dead-lettered record."""
+def _size(record: Any, headers: Sequence[tuple[str, bytes]]) -> int:
+    """About what a record takes in a produce request (kafka-python refuses one over max.request.size)."""
+    return (len(record.value or b"") + len(record.key or b"") + 128
+            + sum(len(key.encode("utf-8", "replace")) + len(value) + 8 for key, value in headers))
+
+
+def _stack_trace(error: BaseException, limit: int) -> bytes:
+    """The stack trace, its tail when longer than ``limit`` bytes; below 256 bytes, the exception's line alone."""
+    trace = "".join(traceback.format_exception(error)).encode("utf-8", "replace")
+    if len(trace) <= limit:
+        return trace
+    if limit < 256:
+        return "".join(traceback.format_exception_only(error)).encode("utf-8", "replace")[:1024]
+    marker = b"[stack trace truncated to fit the dead-letter record]\n"
+    return marker + trace[len(trace) - limit + len(marker):]
+
+
+def _dlq_headers(record: Any, error: BaseException) -> list[tuple[str, bytes]]:
+    """The ``x-*`` headers Spring's Kafka binder adds to a dead-lettered record, but the stack trace."""
     kind = type(error)
     return [
         ("x-original-topic", record.topic.encode()),
         ("x-original-partition", struct.pack(">i", record.partition)),
         ("x-original-offset", struct.pack(">q", record.offset)),
         ("x-original-timestamp", struct.pack(">q", record.timestamp)),
-        ("x-original-timestamp-type", b"LogAppendTime" if record.timestamp_type == 1 else b"CreateTime"),
+        ("x-original-timestamp-type", TIMESTAMP_TYPES.get(record.timestamp_type, b"NoTimestampType")),
         ("x-exception-fqcn", f"{kind.__module__}.{kind.__qualname__}".encode()),
         ("x-exception-message", str(error).encode("utf-8", "replace")),
-        ("x-exception-stacktrace", "".join(traceback.format_exception(error)).encode("utf-8", "replace")),
     ]
 
 
 def run_app(handler: Handler, outputs: Sequence[str], options: Mapping[str, Property] | None = None,
-            group_fallback: Property | None = None) -> None:
+            group_fallback: Property | None = None, tombstones: str | None = None) -> None:
     """Run an app with one input and the named output bindings until SIGTERM; exit non-zero on failure.
 
     ``options`` maps the function's keyword arguments to the app's own properties; without an input
     group, ``group_fallback``'s value (say the stream name) is the group, else the consumer is anonymous.
+    A tombstone (a record with a null value) passes unchanged to the ``tombstones`` output, without
+    calling the function; with none, it takes the record's error path at once.
     """
     logs.start_logging()
     options = options or {}
@@ -446,8 +678,9 @@ def run_app(handler: Handler, outputs: Sequence[str], options: Mapping[str, Prop
         source = resolve_input(properties, group_fallback)
         sinks = {name: resolve_output(properties, name) for name in outputs}
         metrics = Metrics()
-        binder = Binder(properties, handler, values, source, sinks, metrics)
-        actuator = Actuator({"binder": binder.loop_check, "broker": binder.broker_check}, ("binder",),
+        binder = Binder(properties, handler, values, source, sinks, metrics, tombstones)
+        actuator = Actuator({"binder": binder.loop_check, "broker": binder.broker_check,
+                             "delivery": binder.delivery_check}, ("binder",),
                             lambda: _info(properties, source, sinks, options, values), metrics.registry)
         actuator.start(properties)
     except ConfigError as error:
@@ -476,7 +709,8 @@ def run_app(handler: Handler, outputs: Sequence[str], options: Mapping[str, Prop
 
 def run_processor(transform: Callable[..., Message], options: Mapping[str, Property] | None = None) -> None:
     """A processor: ``transform(message, **options) -> message`` from ``input`` to ``output``."""
-    run_app(lambda message, **kw: ("output", transform(message, **kw)), ("output",), options or {})
+    run_app(lambda message, **kw: ("output", transform(message, **kw)), ("output",), options or {},
+            tombstones="output")  # as Spring's processors: a tombstone passes through
 
 
 def _info(properties: Properties, source: InputBinding, sinks: Mapping[str, OutputBinding],

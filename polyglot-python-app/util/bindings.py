@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
+from kafka.admin import NewPartitions, NewTopic
 from kafka.errors import KafkaError
 
 from .arguments import ConfigError, Properties, Property
@@ -24,11 +24,14 @@ INSTANCE_INDEX = Property("spring.cloud.stream.instanceIndex", int, 0,
 INSTANCE_COUNT = Property("spring.cloud.stream.instanceCount", int, 1,
                           "Number of instances, for static partition assignment.")
 AUTO_CREATE_TOPICS = Property(f"{BINDER}.autoCreateTopics", bool, True, "Create missing topics at start.")
-MIN_PARTITION_COUNT = Property(f"{BINDER}.minPartitionCount", int, 1, "Partitions of the topics the app creates.")
+MIN_PARTITION_COUNT = Property(f"{BINDER}.minPartitionCount", int, 1,
+                               "Fewest partitions of the topics the app creates (or grows, with autoAddPartitions).")
+AUTO_ADD_PARTITIONS = Property(f"{BINDER}.autoAddPartitions", bool, False,
+                               "Grow a topic that has fewer partitions than the bindings need; false: fail at start.")
 REPLICATION_FACTOR = Property(f"{BINDER}.replicationFactor", int, -1,
                               "Replication factor of created topics (-1: the broker's default).")
-PROPERTIES = (STREAM_NAME, APP_LABEL, INSTANCE_INDEX, INSTANCE_COUNT, AUTO_CREATE_TOPICS, MIN_PARTITION_COUNT,
-              REPLICATION_FACTOR)
+PROPERTIES = (STREAM_NAME, APP_LABEL, INSTANCE_INDEX, INSTANCE_COUNT, AUTO_CREATE_TOPICS, AUTO_ADD_PARTITIONS,
+              MIN_PARTITION_COUNT, REPLICATION_FACTOR)
 _HEADER_KEY = re.compile(r"""^headers(?:\[\s*['"]([^'"]+)['"]\s*\]|\.(\w+))$""")
 
 
@@ -49,6 +52,9 @@ def input_properties(group_fallback: Property | None = None, binding: str = "inp
                           f"Consumer group; absent: {fallback}an anonymous group that starts at latest."),
         "content_type": _binding(binding, "contentType", str, "application/json",
                                  "Content type of records that carry no contentType header."),
+        "concurrency": _binding(binding, "consumer.concurrency", int, 1,
+                                "Consumer threads of a Spring app; here it only sizes a created input topic "
+                                "(instanceCount x concurrency partitions): the app consumes in one thread."),
         "max_attempts": _binding(binding, "consumer.maxAttempts", int, 3,
                                  "Attempts to process a record before it goes to the DLQ or is skipped."),
         "back_off_initial": _binding(binding, "consumer.backOffInitialInterval", int, 1000,
@@ -97,6 +103,7 @@ class InputBinding:
     dlq_name: str | None
     auto_rebalance: bool
     headers: bool
+    concurrency: int
 
     def dlq_topic(self, destination: str) -> str:
         return self.dlq_name or f"error.{destination}.{self.group}"
@@ -119,13 +126,16 @@ def resolve_input(properties: Properties, group_fallback: Property | None = None
     destinations = tuple(d.strip() for d in p["destination"].split(",") if d.strip())
     if not destinations:
         raise ConfigError(f"Property '{declared['destination'].name}' names no topic")
-    if p["max_attempts"] < 1:
-        raise ConfigError(f"Invalid value '{p['max_attempts']}' for property "
-                          f"'{declared['max_attempts'].name}': expected 1 or more")
+    for key in ("max_attempts", "concurrency"):
+        if p[key] < 1:
+            raise ConfigError(f"Invalid value '{p[key]}' for property '{declared[key].name}': expected 1 or more")
     group, group_from = p["group"], declared["group"].name
     if group is None and group_fallback is not None:
         group, group_from = properties.get(group_fallback), group_fallback.name
     anonymous = group is None
+    if anonymous and p["enable_dlq"]:
+        raise ConfigError(f"DLQ support is not available for anonymous subscriptions: set "
+                          f"'{declared['group'].name}' or turn '{declared['enable_dlq'].name}' off")
     return InputBinding(
         destinations=destinations,
         group=group or f"anonymous.{uuid.uuid4()}",
@@ -139,6 +149,7 @@ def resolve_input(properties: Properties, group_fallback: Property | None = None
         dlq_name=p["dlq_name"],
         auto_rebalance=p["auto_rebalance"],
         headers=p["header_mode"] == "headers",
+        concurrency=p["concurrency"],
     )
 
 
@@ -178,22 +189,67 @@ def consumer_settings(properties: Properties, binding: InputBinding) -> dict[str
     return settings
 
 
-def provision(properties: Properties, topics: dict[str, int]) -> None:
-    """Create missing topics as the binder does; an existing topic is fine, an admin failure a warning."""
+def provision(properties: Properties, topics: dict[str, tuple[int, str | None]]) -> None:
+    """Create missing topics and grow short ones as the binder's provisioner does.
+
+    ``topics`` maps each topic to the partitions its binding needs and the property that asks for them
+    (None: fewer partitions are tolerated). A missing topic gets ``max(minPartitionCount, needed)``;
+    an existing one with fewer than needed grows with ``autoAddPartitions``, is tolerated, or is a
+    ConfigError naming the property and both counts. An admin failure is a warning: the topic may exist.
+    """
     if not properties.get(AUTO_CREATE_TOPICS) or not topics:
         return
     minimum = properties.get(MIN_PARTITION_COUNT)
-    replication = properties.get(REPLICATION_FACTOR)
+    grow = properties.get(AUTO_ADD_PARTITIONS)
     admin = KafkaAdminClient(**client_settings(properties, None, "admin"))
     try:
-        wanted = [NewTopic(topic, max(minimum, count), replication) for topic, count in topics.items()]
-        result = admin.create_topics(wanted, raise_errors=False)
-        for topic in result["topics"]:
-            if topic["error_code"] == 0:
-                log.info("Created topic '%s' with %s partition(s)", topic["name"], topic["num_partitions"])
-            elif topic["error_code"] != 36:  # TOPIC_ALREADY_EXISTS
-                log.warning("Could not create topic '%s': %s", topic["name"], topic["error_message"])
+        existing = _partition_counts(admin, list(topics))
+        missing = [NewTopic(topic, max(minimum, needed), properties.get(REPLICATION_FACTOR))
+                   for topic, (needed, _) in topics.items() if topic not in existing]
+        if missing:
+            _create(admin, missing)
+        for topic, (needed, asked_by) in topics.items():
+            found = existing.get(topic)
+            wanted = max(minimum, needed) if grow else needed
+            if found is None or found >= wanted:
+                continue
+            if grow:
+                _grow(admin, topic, found, wanted)
+            elif asked_by is None:
+                log.warning("Topic '%s' has %d partition(s) for %d consumer(s): %d will be idle", topic, found,
+                            needed, needed - found)
+            else:
+                raise ConfigError(too_few_partitions(topic, needed, found, asked_by))
     except KafkaError as error:
-        log.warning("Could not create topics %s: %s", ", ".join(topics), error)
+        log.warning("Could not provision topics %s: %s", ", ".join(topics), error)
     finally:
         admin.close()
+
+
+def too_few_partitions(topic: str, needed: int, found: int, asked_by: str) -> str:
+    """Spring's start-up failure for a topic with fewer partitions than a binding needs."""
+    return (f"Property '{asked_by}' asks for {needed} partitions, but topic '{topic}' has {found}: increase the "
+            f"topic's partition count or set '{AUTO_ADD_PARTITIONS.name}=true'")
+
+
+def _partition_counts(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    present = set(admin.list_topics()) & set(topics)
+    return {d["name"]: len(d["partitions"]) for d in admin.describe_topics(sorted(present))} if present else {}
+
+
+def _create(admin: KafkaAdminClient, wanted: list[NewTopic]) -> None:
+    result = admin.create_topics(wanted, raise_errors=False)
+    for topic in result["topics"]:
+        if topic["error_code"] == 0:
+            log.info("Created topic '%s' with %s partition(s)", topic["name"], topic["num_partitions"])
+        elif topic["error_code"] != 36:  # TOPIC_ALREADY_EXISTS: another instance was first
+            log.warning("Could not create topic '%s': %s", topic["name"], topic["error_message"])
+
+
+def _grow(admin: KafkaAdminClient, topic: str, found: int, wanted: int) -> None:
+    try:
+        admin.create_partitions({topic: NewPartitions(total_count=wanted)})
+    except KafkaError as error:
+        raise ConfigError(f"Cannot grow topic '{topic}' from {found} to {wanted} partitions "
+                          f"('{AUTO_ADD_PARTITIONS.name}' is on): {error}") from None
+    log.info("Grew topic '%s' from %d to %d partitions", topic, found, wanted)

@@ -118,14 +118,19 @@ class Properties:
             return prop.default
         return convert(prop, value)
 
-    def subtree(self, prefix: str) -> dict[str, str]:
-        """Every ``prefix.<key>=value`` as ``{<key>: value}``, keys relaxed (Kafka keys are lower-case dotted)."""
+    def subtree(self, prefix: str, as_written: bool = False) -> dict[str, str]:
+        """Every ``prefix.<key>=value`` as ``{<key>: value}``, in precedence.
+
+        Keys are relaxed (Kafka keys are lower-case dotted), or ``as_written`` (logger names keep their
+        underscores and case; an environment variable's underscores become dots, as in Spring Boot).
+        """
         start = canonical(prefix) + "."
+        segments = prefix.count(".") + 1
         merged: dict[str, str] = {}
         for layer in reversed(self._layers):
-            for key, (_, value) in layer.items():
+            for key, (original, value) in layer.items():
                 if key.startswith(start):
-                    merged[key[len(start):]] = value
+                    merged[_suffix(original, segments) if as_written else key[len(start):]] = value
         resolved = {key: self._resolve(value, depth=0) for key, value in merged.items()}
         return {key: value for key, value in resolved.items() if value}
 
@@ -152,6 +157,12 @@ class Properties:
 
         resolved = _PLACEHOLDER.sub(substitute, value)
         return None if missing or "${" in resolved else resolved
+
+
+def _suffix(name: str, segments: int) -> str:
+    """What follows the first ``segments`` segments of a property name as written (env style: dotted, lower)."""
+    parts = name.split(".") if "." in name else name.lower().split("_")
+    return ".".join(parts[segments:])
 
 
 def convert(prop: Property, value: str) -> Any:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from functools import lru_cache
 
-Headers = Sequence[tuple[str, bytes]]
+Headers = Sequence[tuple[str, bytes | None]]
 
 TYPES_HEADER = "spring_json_header_types"
 CONTENT_TYPE = "contentType"
@@ -23,7 +23,7 @@ class HeaderError(ValueError):
 def header_types(headers: Headers) -> dict[str, str]:
     """The ``spring_json_header_types`` map, or HeaderError when it is present but malformed."""
     for key, value in headers:
-        if key == TYPES_HEADER:
+        if key == TYPES_HEADER and value is not None:
             try:
                 types = json.loads(value)
             except (ValueError, UnicodeDecodeError):
@@ -74,18 +74,20 @@ def is_text(media_type: str) -> bool:
     return kind.startswith("text/") or "json" in kind
 
 
-def outbound_headers(headers: Headers, media_type: str) -> list[tuple[str, bytes]]:
+def outbound_headers(headers: Headers, media_type: str, null: bytes | None = None) -> list[tuple[str, bytes | None]]:
     """Forward inbound headers byte for byte with their type entries, then set ``contentType``.
 
     ``contentType`` is JSON-quoted with a ``java.lang.String`` type entry: Spring Cloud Stream 2.x
-    consumers need both, 3.x and later read it too. Records of one producer mostly share their headers,
+    consumers need both, 3.x and later read it too. A null header value is forwarded as ``null``
+    (None where the client writes null values). Records of one producer mostly share their headers,
     so the result is cached by them.
     """
-    return list(_outbound_headers(tuple(headers), media_type))
+    return list(_outbound_headers(tuple(headers), media_type, null))
 
 
 @lru_cache(maxsize=512)
-def _outbound_headers(headers: tuple[tuple[str, bytes], ...], media_type: str) -> tuple[tuple[str, bytes], ...]:
+def _outbound_headers(headers: tuple[tuple[str, bytes | None], ...], media_type: str,
+                      null: bytes | None) -> tuple[tuple[str, bytes | None], ...]:
     try:
         inbound_types = header_types(headers)
     except HeaderError:
@@ -95,7 +97,7 @@ def _outbound_headers(headers: tuple[tuple[str, bytes], ...], media_type: str) -
     for key, value in headers:
         if key in _NOT_FORWARDED or key.startswith(_NOT_FORWARDED_PREFIXES):
             continue
-        out.append((key, value))
+        out.append((key, null if value is None else value))
         if key in inbound_types:
             types[key] = inbound_types[key]
     out.append((CONTENT_TYPE, json.dumps(media_type).encode()))

@@ -32,9 +32,9 @@ def start_logging() -> None:
 
 def configure_logging(properties: Properties) -> None:
     """Apply ``logging.level.*``; ConfigError names a level that is not one."""
-    for name, value in properties.subtree("logging.level").items():
+    for name, value in properties.subtree("logging.level", as_written=True).items():
         level = _LEVELS.get(value.strip().lower())
         if level is None:
             raise ConfigError(f"Invalid value '{value}' for property 'logging.level.{name}': "
                               "expected TRACE, DEBUG, INFO, WARN, ERROR or OFF")
-        logging.getLogger(None if name == "root" else name).setLevel(level)
+        logging.getLogger(None if name.lower() == "root" else name).setLevel(level)

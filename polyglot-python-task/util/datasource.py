@@ -109,6 +109,20 @@ def _postgresql_query(params: dict[str, str]) -> dict[str, str]:
             query["application_name"] = value
         elif name == "currentschema":
             query["options"] = f"-csearch_path={value}"
-        else:
+        elif name not in ("ssl", "sslfactory"):
             log.debug("JDBC parameter '%s' has no libpq equivalent: ignored", key)
+    query.update(_postgresql_ssl({key.lower(): value for key, value in params.items()}, "sslrootcert" in query))
     return query
+
+
+def _postgresql_ssl(params: dict[str, str], own_root: bool) -> dict[str, str]:
+    """pgJDBC's ``ssl`` as libpq's ``sslmode``: ``sslmode`` wins; ``ssl=true`` (or bare ``ssl``) is verify-full.
+
+    pgJDBC verifies against Java's trust store: libpq's ``sslrootcert=system`` is the same idea (the
+    system's CAs) unless a root certificate is named; the NonValidatingFactory checks nothing: ``require``.
+    """
+    if "sslmode" in params or "ssl" not in params or params["ssl"].lower() not in ("", "true"):
+        return {}
+    if params.get("sslfactory", "").rsplit(".", 1)[-1] == "NonValidatingFactory":
+        return {"sslmode": "require"}
+    return {"sslmode": "verify-full", **({} if own_root else {"sslrootcert": "system"})}

@@ -61,14 +61,17 @@ END_RETRY = Property("task.end.retry-seconds", float, 60.0,
 PROPERTIES = (*DATASOURCE_PROPERTIES, TABLE_PREFIX, EXECUTION_ID, TASK_NAME, APP_NAME, PARENT_ID, EXTERNAL_ID,
               INITIALIZE, END_RETRY, *logs.PROPERTIES)
 MESSAGE_SIZE = 2500  # EXIT_MESSAGE, ERROR_MESSAGE and TASK_PARAM are VARCHAR(2500)
-_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,49}$")
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,49}")
 # What a table prefix renames in the DDL: tables, the sequence and constraint names (never columns).
 _PREFIXED = re.compile(r"\bTASK_(EXECUTION_PARAMS|EXECUTION|TASK_BATCH|SEQ|LOCK|EXEC_PARAMS_FK|EXEC_BATCH_FK)\b")
 _SECRET_KEY = re.compile(r"password|secret|credential|token|jaas", re.I)
 
 
-class TaskTerminatedError(Exception):
-    """SIGTERM or SIGINT arrived while the task body ran."""
+class TaskTerminatedError(BaseException):
+    """SIGTERM or SIGINT arrived while the task body ran.
+
+    A BaseException, so that no ``except Exception`` in the body or a library swallows it.
+    """
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"Task terminated by {signal.Signals(signum).name}")
@@ -87,7 +90,7 @@ class TaskRepository:
     """The task tables of one database, under one prefix."""
 
     def __init__(self, source: Datasource, prefix: str) -> None:
-        if not _IDENTIFIER.match(prefix):
+        if not _IDENTIFIER.fullmatch(prefix):
             raise ConfigError(f"Invalid value for property '{TABLE_PREFIX.name}': a table prefix is letters, "
                               "digits and underscores, starting with a letter (such as TASK_)")
         self.source, self.prefix = source, prefix
@@ -140,19 +143,28 @@ class TaskRepository:
                     external_execution_id=external_id, parent_execution_id=parent_id))
             else:
                 row = self.execution.c
-                updated = connection.execute(self.execution.update().where(row.task_execution_id == execution_id)
+                updated = connection.execute(self.execution.update()
+                                             .where(row.task_execution_id == execution_id, row.end_time.is_(None))
                                              .values(start_time=now, task_name=name, last_updated=now,
                                                      parent_execution_id=parent_id,
                                                      external_execution_id=func.coalesce(
                                                          row.external_execution_id, external_id)))
                 if updated.rowcount == 0:
-                    raise LookupError(f"no row {execution_id} in {self.execution.name} of the {self.source.where}; "
-                                      f"check '{EXECUTION_ID.name}' and '{TABLE_PREFIX.name}'")
+                    self._refuse(connection, execution_id)
             if arguments:
                 connection.execute(self.params.insert(), [
                     {"task_execution_id": execution_id, "task_param": sanitize(arg)[:MESSAGE_SIZE]}
                     for arg in arguments])
         return execution_id
+
+    def _refuse(self, connection: Any, execution_id: int) -> None:
+        """Why a launch cannot take this row: it is missing, or it already ended (never re-open it)."""
+        found = connection.execute(select(self.execution.c.end_time)
+                                   .where(self.execution.c.task_execution_id == execution_id)).first()
+        if found is None:
+            raise LookupError(f"no row {execution_id} in {self.execution.name} of the {self.source.where}; "
+                              f"check '{EXECUTION_ID.name}' and '{TABLE_PREFIX.name}'")
+        raise LookupError(f"Invalid TaskExecution, ID {execution_id} task is already complete")
 
     def _next_id(self, connection: Any) -> int:
         """The next id from TASK_SEQ, the way of each dialect."""
@@ -236,6 +248,10 @@ def run_task(body: Body, options: Mapping[str, Property]) -> None:
     except Exception as error:  # noqa: BLE001 - any failure of the body is the task's failure
         log.error("Task %s (execution %d) failed: %s", execution.name, execution.id, error)
         exit_code, exit_message, error_text = 1, None, "".join(traceback.format_exception(error))
+    if signals.terminated and exit_code != 128 + signals.terminated:
+        terminated = TaskTerminatedError(signals.terminated)
+        log.warning("%s, but the task body caught it: recording execution %d as failed", terminated, execution.id)
+        exit_code, exit_message, error_text = terminated.exit_code, None, str(terminated)
     try:
         _retrying(lambda: repository.finish(execution.id, exit_code, exit_message, error_text), end_retry,
                   f"record the end of execution {execution.id} in the {source.where}")
@@ -270,6 +286,7 @@ class _Signals:
 
     def __init__(self) -> None:
         self.pending: int | None = None
+        self.terminated: int | None = None  # the signal that ended the body, even if the body caught it
         self.live = False
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
@@ -277,12 +294,14 @@ class _Signals:
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.live:
             self.live = False
+            self.terminated = signum
             raise TaskTerminatedError(signum)
         self.pending = self.pending or signum
 
     @contextmanager
     def armed(self) -> Iterator[None]:
         if self.pending:
+            self.terminated = self.pending
             raise TaskTerminatedError(self.pending)
         self.live = True
         try:
