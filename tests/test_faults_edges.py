@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import socket
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import TopicAuthorizationFailedError
 
-from conftest import Kafka
+from conftest import Figures, Kafka
 from devkit.apps import App
 from devkit.kafka_proxy import KafkaProxy
 from devkit.tansu import Tansu, free_port
@@ -202,8 +203,8 @@ TOPIC_AUTHORIZATION_FAILED = TopicAuthorizationFailedError.errno
 
 
 def test_a_topic_acl_not_yet_applied_rewinds_turns_health_down_and_loses_nothing(
-        proxied: tuple[Kafka, KafkaProxy], names: Callable[[str], str],
-        start_processor: Callable[..., App]) -> None:
+        proxied: tuple[Kafka, KafkaProxy], names: Callable[[str], str], start_processor: Callable[..., App],
+        figures: Figures) -> None:
     kafka, proxy = proxied
     source, sink, group = kafka.create(names("in")), kafka.create(names("out")), names("g")
     proxy.refuse(sink, TOPIC_AUTHORIZATION_FAILED)
@@ -216,15 +217,21 @@ def test_a_topic_acl_not_yet_applied_rewinds_turns_health_down_and_loses_nothing
     assert kafka.committed(group) == {}
     assert app.metric("polyglot_records_failed_total", binding="input") == 0
     proxy.allow(sink)  # the ACL arrives
+    allowed = time.monotonic()
     wait_for(kafka.caught_up(group, {0: 20}), 60, "everything committed once the ACL is there")
+    moved = time.monotonic() - allowed
     assert by_value(kafka.read(sink, 20, settle=1.0)) == {v[::-1]: 1 for v in values}
     wait_for(lambda: health(app)[0] == 200, 30, "health UP")
     assert app.stop() == 0
+    figures.add("produce requests refused (TOPIC_AUTHORIZATION_FAILED), rewinds", f"{proxy.refused}, "
+                f"{log_count(app, 'rewinding to offset 0')}")
+    figures.add("records skipped, lost, duplicated", "0, 0, 0")
+    figures.add("ACL applied to everything committed", f"{moved:.1f} s")
 
 
 def test_a_dead_letter_topic_acl_not_yet_applied_holds_the_partition_and_keeps_the_records_own_error(
-        proxied: tuple[Kafka, KafkaProxy], names: Callable[[str], str],
-        start_processor: Callable[..., App]) -> None:
+        proxied: tuple[Kafka, KafkaProxy], names: Callable[[str], str], start_processor: Callable[..., App],
+        figures: Figures) -> None:
     kafka, proxy = proxied
     source, sink, group = kafka.create(names("in"), 2), kafka.create(names("out")), names("g")
     dlq = kafka.create(f"error.{source}.{group}", 2)
@@ -238,7 +245,10 @@ def test_a_dead_letter_topic_acl_not_yet_applied_holds_the_partition_and_keeps_t
     wait_for(kafka.caught_up(group, {1: 5}), 30, "the other partition flowing")
     assert kafka.committed(group)[0] == 1
     proxy.allow(dlq)
+    allowed = time.monotonic()
     wait_for(kafka.caught_up(group, {0: 4}), 60, "the held partition moving once the ACL is there")
+    figures.add("dead-letter attempts refused while held", log_count(app, "could not be sent to dead-letter"))
+    figures.add("ACL applied to the held partition committed", f"{time.monotonic() - allowed:.1f} s")
     [dead] = kafka.read(dlq, 1, settle=1.0)
     assert dead.value == b"\xffpoison"
     assert dict(dead.headers)["x-exception-fqcn"] == b"builtins.UnicodeDecodeError"
@@ -247,11 +257,12 @@ def test_a_dead_letter_topic_acl_not_yet_applied_holds_the_partition_and_keeps_t
     assert app.metric("polyglot_records_dead_lettered_total", binding="input") == 1
     wait_for(lambda: health(app)[0] == 200, 30, "health UP")
     assert app.stop() == 0
+    figures.add("outputs of the held partition's later records sent again", 0)
 
 
 # -- 5: a batch never outlives max.poll.interval.ms ------------------------------------------------------
 def test_systematic_failures_never_outlive_the_poll_interval_nor_evict_the_app(
-        kafka: Kafka, names: Callable[[str], str], start_stream_app: Callable[..., App]) -> None:
+        kafka: Kafka, names: Callable[[str], str], start_stream_app: Callable[..., App], figures: Figures) -> None:
     source, group = kafka.create(names("in")), names("g")
     count = 16  # at 1 s of back-off each, twice the poll interval
     values = [f"not a timestamp: {chr(ord('a') + i)}".encode() for i in range(count)]  # no digit to route by
@@ -261,13 +272,19 @@ def test_systematic_failures_never_outlive_the_poll_interval_nor_evict_the_app(
                            "--spring.cloud.stream.bindings.input.consumer.maxAttempts=2",
                            "--spring.cloud.stream.kafka.binder.consumerProperties.max.poll.interval.ms=8000",
                            group=group)
+    started = time.monotonic()
     wait_for(kafka.caught_up(group, {0: count}), 90, "every record dead-lettered and committed")
+    took = time.monotonic() - started
     dead = kafka.read(f"error.{source}.{group}", count, settle=1.0)
     assert sorted(r.value for r in dead) == values
     assert "half of max.poll.interval.ms" in app.log
     assert "rebalanced" not in app.log
     assert "Offsets not committed" not in app.log
     assert app.stop() == 0
+    figures.add("records failing every attempt, max.poll.interval.ms", f"{count} x 2 attempts, 8 s")
+    figures.add("batches cut short, dead-letter copies, evictions", f"{log_count(app, 'half of max.poll')}, "
+                f"{len(dead)}, 0")
+    figures.add("start to everything committed", f"{took:.1f} s")
 
 
 # -- 6: smaller ----------------------------------------------------------------------------------------
