@@ -116,7 +116,8 @@ def test_partition_count_above_the_topics_stops_the_app_at_start(
     source, sink = kafka.create(names("in")), kafka.create(names("out"), 2)
     extra = ["--spring.cloud.stream.kafka.binder.autoAddPartitions=true"] if grow else []
     app = start_processor(source, sink, "--spring.cloud.stream.bindings.output.producer.partitionCount=3",
-                          "--spring.cloud.stream.bindings.output.producer.partitionKeyExpression=payload", *extra)
+                          "--spring.cloud.stream.bindings.output.producer.partitionKeyExpression=payload", *extra,
+                          group=names("g"))
     assert app.wait(60) == 1
     [line] = [line for line in app.log.splitlines() if "Configuration error" in line]
     if grow:  # the embedded broker has no CreatePartitions: the app tries, then says why it cannot
@@ -131,7 +132,7 @@ def test_missing_input_topic_gets_instance_count_times_concurrency_partitions(
         kafka: Kafka, names: Callable[[str], str], start_processor: Callable[..., App]) -> None:
     source = names("in")
     app = start_processor(source, names("out"), "--spring.cloud.stream.instanceCount=2",
-                          "--spring.cloud.stream.bindings.input.consumer.concurrency=2")
+                          "--spring.cloud.stream.bindings.input.consumer.concurrency=2", group=names("g"))
     app.wait_for_log(f"Created topic '{source}' with 4 partition")
     admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap)
     try:
@@ -316,7 +317,7 @@ def test_the_actuator_answers_on_ipv4_and_ipv6_when_no_address_is_set(
         kafka: Kafka, names: Callable[[str], str], start_processor: Callable[..., App]) -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this host")
-    app = start_processor(kafka.create(names("in")), names("out"))
+    app = start_processor(kafka.create(names("in")), names("out"), group=names("g"))
     for host in ("127.0.0.1", "[::1]"):
         with urllib.request.urlopen(f"http://{host}:{app.port}/actuator/info", timeout=5) as response:
             assert response.status == 200

@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 from kafka import KafkaProducer
-from kafka.errors import KafkaConnectionError, MessageSizeTooLargeError, TopicAlreadyExistsError
+from kafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
 from kafka.future import Future
 from test_stream_apps import expected, latest_assignment, read_outputs, sinks_for
 
@@ -22,7 +28,7 @@ from conftest import SOAK_SECONDS, STREAM_APPS, Figures, Kafka
 from devkit.apps import App
 from devkit.tansu import Tansu, free_port
 from devkit.waiting import wait_for
-from util.binder import settle
+from util.binder import Delivery, about_the_record
 
 StartStreamApp = Callable[..., App]
 TICK = 1 / 100  # /proc/<pid>/stat counts CPU time in clock ticks of 10 ms
@@ -36,27 +42,17 @@ class Sent:
         self.topic, self.partition, self.offset = "t", 0, offset
 
 
-def sends(*outcomes: Exception | bool | None) -> list[tuple[Sent, Future | None]]:
-    """One send per outcome: True acknowledged, an exception failed, False never completed, None skipped."""
-    pairs = []
-    for offset, outcome in enumerate(outcomes):
-        future = None if outcome is None else Future()
-        if outcome is True:
-            future.success(offset)
-        elif isinstance(outcome, Exception):
-            future.failure(outcome)
-        pairs.append((Sent(offset), future))
-    return pairs
-
-
-def test_settle_dead_letters_refused_sends_and_rewinds_at_the_first_retriable_failure() -> None:
-    refused, lost = MessageSizeTooLargeError("too large"), KafkaConnectionError("broker gone")
-    assert settle(sends(True, None, True)) == ([], None)
-    dead, rewind = settle(sends(True, refused, True, lost, refused))
-    assert [(r.offset, e) for r, e in dead] == [(1, refused)]
-    assert rewind == (3, lost)
-    dead, rewind = settle(sends(True, False, refused))
-    assert (dead, rewind[0]) == ([], 1)  # never acknowledged: processed again, never skipped
+def test_refusals_about_the_record_take_its_error_path_and_the_brokers_rewind() -> None:
+    refused, lost, acl = (MessageSizeTooLargeError("too large"), KafkaConnectionError("broker gone"),
+                          TopicAuthorizationFailedError("no ACL yet"))
+    assert [about_the_record(e) for e in (refused, TypeError("a header"), ValueError("no key, no value"))] == [
+        True, True, True]
+    assert [about_the_record(e) for e in (lost, acl, KafkaTimeoutError("no metadata"))] == [False, False, False]
+    acknowledged, failed, unfinished = Future().success(0), Future().failure(acl), Future()
+    outcomes = [Delivery(Sent(0), acknowledged).failure(), Delivery(Sent(1), failed).failure(),
+                Delivery(Sent(2)).failure(), Delivery(Sent(3), refused=refused).failure()]
+    assert outcomes == [None, acl, None, refused]
+    assert isinstance(Delivery(Sent(4), unfinished).failure(), KafkaTimeoutError)  # never acknowledged: sent again
 
 
 def cpu_seconds(pid: int) -> float:
