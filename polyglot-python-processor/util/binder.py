@@ -361,11 +361,10 @@ class Binder:
             return self._give_up(record, TombstoneError("a tombstone (null value): this app has no output for it"),
                                  attempts=0)
         where = (record.topic, record.partition, record.offset)
-        initial, multiplier, longest = self.source.back_off
-        made, not_before = self._attempts.pop(where, (0, 0.0))
+        made, not_before = self._attempts.pop(where, (0, 0.0)) if self._attempts else (0, 0.0)
         for attempt in range(made + 1, self.source.max_attempts + 1):
-            pause = not_before - time.monotonic()
-            if pause > 0 and (time.monotonic() + pause > self._until or self.stop.wait(pause)):
+            if not_before and (pause := not_before - time.monotonic()) > 0 and (
+                    time.monotonic() + pause > self._until or self.stop.wait(pause)):
                 self._attempts[where] = (attempt - 1, not_before)  # the next batch goes on from here
                 raise _InterruptedError(record.offset)
             try:
@@ -373,6 +372,7 @@ class Binder:
             except Exception as error:  # noqa: BLE001 - whatever the function raises takes the error path
                 if attempt == self.source.max_attempts:
                     return self._give_up(record, error)
+                initial, multiplier, longest = self.source.back_off
                 delay = min(initial * multiplier ** (attempt - 1), longest, self._budget)
                 not_before = time.monotonic() + delay
                 log.debug("Record %s failed (attempt %d): %s; retrying in %.1f s", _where(record), attempt,
