@@ -128,6 +128,16 @@ def test_partition_count_above_the_topics_stops_the_app_at_start(
         assert "autoAddPartitions=true" in line
 
 
+def test_a_fixed_assignment_over_an_input_topic_with_too_few_partitions_stops_the_app_at_start(
+        kafka: Kafka, names: Callable[[str], str], start_processor: Callable[..., App]) -> None:
+    source = kafka.create(names("in"))
+    app = start_processor(source, names("out"), "--spring.cloud.stream.instanceCount=2",
+                          "--spring.cloud.stream.kafka.bindings.input.consumer.autoRebalanceEnabled=false",
+                          group=names("g"))
+    assert app.wait(60) == 1
+    assert f"'spring.cloud.stream.instanceCount' asks for 2 partitions, but topic '{source}' has 1" in app.log
+
+
 def test_missing_input_topic_gets_instance_count_times_concurrency_partitions(
         kafka: Kafka, names: Callable[[str], str], start_processor: Callable[..., App]) -> None:
     source = names("in")

@@ -237,7 +237,7 @@ class Binder:
 
     def delivery_check(self) -> str | None:
         """DOWN while a partition is paused because the broker refuses its sends or dead-letter copies."""
-        stalled = sorted(self.stalled.items(), key=lambda item: (item[0].topic, item[0].partition))
+        stalled = sorted(list(self.stalled.items()), key=lambda item: (item[0].topic, item[0].partition))
         return "; ".join(f"{tp.topic}-{tp.partition} stalled at offset {s.resume if not s.copies else _first(s)}: "
                          f"{s.reason}" for tp, s in stalled) or None
 
@@ -262,7 +262,9 @@ class Binder:
     def connect(self) -> None:
         """Provision topics, create producers and the consumer; KafkaError when the brokers cannot be reached."""
         needed = self.source.concurrency * self.properties.get(INSTANCE_COUNT)
-        asked_by = None if self.source.auto_rebalance else INSTANCE_COUNT.name  # a fixed assignment needs them all
+        asked_by = None if self.source.auto_rebalance else (  # a fixed assignment needs them all
+            INSTANCE_COUNT.name if self.source.concurrency == 1 else
+            f"{INSTANCE_COUNT.name}' x '{input_properties()['concurrency'].name}")
         topics = {d: (needed, asked_by) for d in self.source.destinations}
         topics.update({o.destination: (o.partition_count, _count_property(o)) for o in self.outputs.values()})
         provision(self.properties, topics)
@@ -520,6 +522,8 @@ class Binder:
 
     def _restart_stalled(self) -> None:
         """Resend the held dead-letter copies that are due; resume partitions with nothing left to wait for."""
+        if not self.stalled:
+            return
         now = time.monotonic()
         due = {tp: s for tp, s in self.stalled.items() if s.due <= now}
         if not due:
