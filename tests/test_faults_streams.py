@@ -28,7 +28,8 @@ from conftest import SOAK_SECONDS, STREAM_APPS, Figures, Kafka
 from devkit.apps import App
 from devkit.tansu import Tansu, free_port
 from devkit.waiting import wait_for
-from util.binder import Delivery, about_the_record
+from util.binder import Delivery
+from util.kafka_python import about_the_record, outcome
 
 StartStreamApp = Callable[..., App]
 TICK = 1 / 100  # /proc/<pid>/stat counts CPU time in clock ticks of 10 ms
@@ -49,10 +50,10 @@ def test_refusals_about_the_record_take_its_error_path_and_the_brokers_rewind() 
         True, True, True]
     assert [about_the_record(e) for e in (lost, acl, KafkaTimeoutError("no metadata"))] == [False, False, False]
     acknowledged, failed, unfinished = Future().success(0), Future().failure(acl), Future()
-    outcomes = [Delivery(Sent(0), acknowledged).failure(), Delivery(Sent(1), failed).failure(),
-                Delivery(Sent(2)).failure(), Delivery(Sent(3), refused=refused).failure()]
+    outcomes = [Delivery(Sent(0), acknowledged).failure(outcome), Delivery(Sent(1), failed).failure(outcome),
+                Delivery(Sent(2)).failure(outcome), Delivery(Sent(3), refused=refused).failure(outcome)]
     assert outcomes == [None, acl, None, refused]
-    assert isinstance(Delivery(Sent(4), unfinished).failure(), KafkaTimeoutError)  # never acknowledged: sent again
+    assert isinstance(Delivery(Sent(4), unfinished).failure(outcome), KafkaTimeoutError)  # sent again
 
 
 def cpu_seconds(pid: int) -> float:

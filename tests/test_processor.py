@@ -156,7 +156,7 @@ def test_actuator_endpoints(kafka: Kafka, names: Callable[[str], str], start_pro
     app.wait_for_log("Consuming")
     info = app.json("/actuator/info")
     assert info["stream"] == {"name": "text-reversal", "label": "python-processor"}
-    assert info["bindings"]["input"]["group"] == "s"
+    assert info["bindings"]["input"]["group"] == names("s")
     assert info["properties"] == {"reversestring": True}
     status, text = app.get("/actuator/prometheus")
     assert status == 200

@@ -25,19 +25,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
-from kafka.errors import (
-    CommitFailedError,
-    CorruptRecordError,
-    InvalidRecordError,
-    InvalidTimestampError,
-    KafkaError,
-    KafkaTimeoutError,
-    MessageSizeTooLargeError,
-    RecordListTooLargeError,
-    UnsupportedForMessageFormatError,
-)
-from kafka.serializer import Serializer
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from . import kafka_config, logs
@@ -51,7 +38,6 @@ from .bindings import (
     STREAM_NAME,
     InputBinding,
     OutputBinding,
-    consumer_settings,
     input_properties,
     output_properties,
     provision,
@@ -61,6 +47,7 @@ from .bindings import (
 )
 from .bindings import PROPERTIES as BINDING_PROPERTIES
 from .headers import HeaderError, content_type, header_text, is_text, outbound_headers
+from .kafka_python import Client, Consumer, Producer
 from .partitions import java_bytes_hash, java_string_hash, select_partition
 
 log = logging.getLogger(__name__)
@@ -70,13 +57,8 @@ SHUTDOWN_SECONDS = 8.0  # the drain's budget after SIGTERM, inside Kubernetes' a
 PAUSE_FIRST, PAUSE_LONGEST = 1.0, 30.0  # a stalled partition's back-off, doubling in between (s)
 COMMON_PROPERTIES: tuple[Property, ...] = (*kafka_config.PROPERTIES, *BINDING_PROPERTIES, *ACTUATOR_PROPERTIES,
                                            *logs.PROPERTIES)
-# Refusals about the record itself: it takes its error path. Any other failure of a send is the broker's.
-RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, CorruptRecordError, InvalidRecordError,
-                 InvalidTimestampError, UnsupportedForMessageFormatError)
-SIZE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError)
 TIMESTAMP_TYPES = {0: b"CreateTime", 1: b"LogAppendTime"}  # Java's TimestampType names; -1 is NoTimestampType
-# kafka-python writes no null header value: such a header is forwarded with an empty one.
-NULL_HEADER = b""
+TP = tuple[str, int]  # a (topic, partition)
 
 
 @dataclass(frozen=True)
@@ -142,15 +124,6 @@ class TombstoneError(ValueError):
     """A record with a null value reached an app that has no output for it."""
 
 
-class _NullKey(Serializer):
-    """Lets a record with neither key nor value (a tombstone) through kafka-python, which refuses both None."""
-
-    NULL = object()
-
-    def serialize(self, topic: str, headers: Any, key: Any) -> Any:
-        return None if key is self.NULL else key
-
-
 @dataclass(slots=True)
 class Delivery:
     """One record's send: its output, or (``cause`` set) its dead-letter copy; no future and no refusal: skipped."""
@@ -161,13 +134,11 @@ class Delivery:
     cause: Exception | None = None  # a dead-letter copy: the record's own failure, for its x-exception-* headers
     trace: int | None = None  # a dead-letter copy: the bytes of stack trace it could carry (0: only the last line)
 
-    def failure(self) -> Exception | None:
-        """None once acknowledged (or skipped); else why not. Unfinished when the flush ended: a timeout."""
+    def failure(self, outcome: Callable[[Any], Exception | None]) -> Exception | None:
+        """None once acknowledged (or skipped); else why not, as the transport's ``outcome`` reads the future."""
         if self.refused is not None:
             return self.refused
-        if self.future is None or self.future.succeeded():
-            return None
-        return self.future.exception if self.future.is_done else KafkaTimeoutError("not acknowledged in time")
+        return None if self.future is None else outcome(self.future)
 
 
 @dataclass
@@ -200,11 +171,6 @@ class Metrics:
                                        registry=self.registry)
 
 
-def about_the_record(error: BaseException) -> bool:
-    """A send failure the record itself caused: the client refused it (any non-Kafka error) or the broker did."""
-    return isinstance(error, RECORD_ERRORS) or not isinstance(error, KafkaError)
-
-
 class Binder:
     """One app's consumer, producers and loop."""
 
@@ -219,12 +185,13 @@ class Binder:
         self.state = "starting"
         self.servers = kafka_config.bootstrap_servers(properties)
         self._reachable: tuple[float, str | None] = (0.0, None)
-        self.consumer: KafkaConsumer | None = None
-        self.producers: dict[str, KafkaProducer] = {}
+        self.client = Client(properties)
+        self.consumer: Consumer | None = None
+        self.producers: dict[str, Producer] = {}
         self.partition_counts: dict[str, int] = {}
         self.sent = {name: metrics.sent.labels(name) for name in outputs}
-        self.stalled: dict[TopicPartition, Stalled] = {}
-        self._pauses: dict[TopicPartition, float] = {}  # the last back-off of a partition that keeps stalling
+        self.stalled: dict[TP, Stalled] = {}
+        self._pauses: dict[TP, float] = {}  # the last back-off of a partition that keeps stalling
         # A record whose retries its batch had no time for: attempts made, and when the next one is due.
         self._attempts: dict[tuple[str, int, int], tuple[int, float]] = {}
         self._budget = 150.0  # half of max.poll.interval.ms: the longest a batch may take
@@ -237,9 +204,9 @@ class Binder:
 
     def delivery_check(self) -> str | None:
         """DOWN while a partition is paused because the broker refuses its sends or dead-letter copies."""
-        stalled = sorted(list(self.stalled.items()), key=lambda item: (item[0].topic, item[0].partition))
-        return "; ".join(f"{tp.topic}-{tp.partition} stalled at offset {s.resume if not s.copies else _first(s)}: "
-                         f"{s.reason}" for tp, s in stalled) or None
+        stalled = sorted(list(self.stalled.items()))
+        return "; ".join(f"{topic}-{partition} stalled at offset {s.resume if not s.copies else _first(s)}: "
+                         f"{s.reason}" for (topic, partition), s in stalled) or None
 
     def broker_check(self) -> str | None:
         """Any bootstrap broker accepts a TCP connection (cached 2 s so probes stay cheap)."""
@@ -267,49 +234,39 @@ class Binder:
             f"{INSTANCE_COUNT.name}' x '{input_properties()['concurrency'].name}")
         topics = {d: (needed, asked_by) for d in self.source.destinations}
         topics.update({o.destination: (o.partition_count, _count_property(o)) for o in self.outputs.values()})
-        provision(self.properties, topics)
-        for name in self.outputs:
-            settings = kafka_config.client_settings(self.properties, name, "producer")
-            self.producers[name] = KafkaProducer(key_serializer=_NullKey(), **settings)
+        provision(self.properties, self.client, topics)
         for output in self.outputs.values():
-            found = len(self.producers[output.name].partitions_for(output.destination) or {0})
+            self.producers[output.name] = producer = self.client.producer(output.name)
+            found = producer.partition_count(output.destination)
             if found < output.partition_count:  # as Spring: the topic must have what partitionCount asks
                 raise ConfigError(too_few_partitions(output.destination, output.partition_count, found,
                                                      _count_property(output)))
             self.partition_counts[output.destination] = found
         if self.source.dlq:
-            settings = kafka_config.client_settings(self.properties, None, "producer")
-            # A dead-lettered record is as big as the input topic let it be: send any the consumer can fetch.
-            fetchable = consumer_settings(self.properties, self.source).get(
-                "fetch_max_bytes", KafkaConsumer.DEFAULT_CONFIG["fetch_max_bytes"])
-            settings["max_request_size"] = max(settings.get("max_request_size", 0), fetchable)
-            self._dlq_limit = settings["max_request_size"]
-            self.producers["dlq"] = KafkaProducer(key_serializer=_NullKey(), **settings)
-            dlqs = {self.source.dlq_topic(d): (len(self.producers["dlq"].partitions_for(d) or {0}), None)
-                    for d in self.source.destinations}
-            provision(self.properties, dlqs)
-        settings = consumer_settings(self.properties, self.source)
-        self.consumer = KafkaConsumer(**settings)
-        self._budget = self.consumer.config["max_poll_interval_ms"] / 2000
+            self.producers["dlq"] = dlq = self.client.producer(None, carries=self.source)
+            self._dlq_limit = dlq.max_request_size
+            provision(self.properties, self.client,
+                      {self.source.dlq_topic(d): (dlq.partition_count(d), None) for d in self.source.destinations})
+        self.consumer, start = self.client.consumer(self.source)
+        self._budget = self.consumer.max_poll_interval / 2
         if self.source.auto_rebalance:
-            self.consumer.subscribe(list(self.source.destinations), listener=_Rebalance(self))
+            self.consumer.subscribe(self.source.destinations, self._assigned, self.forget)
         else:
             self.consumer.assign(self._static_assignment())
         origin = f"(from {self.source.group_from})" if self.source.group_from else "(no group set: anonymous)"
-        log.info("Consuming %s as group '%s' %s starting at %s; producing to %s", ",".join(self.source.destinations),
-                 self.source.group, origin, settings["auto_offset_reset"],
+        log.info("Consuming %s as group '%s' %s starting at %s with %s; producing to %s",
+                 ",".join(self.source.destinations), self.source.group, origin, start, self.client.name,
                  ", ".join(f"{o.name}={o.destination}" for o in self.outputs.values()))
 
-    def _static_assignment(self) -> list[TopicPartition]:
+    def _static_assignment(self) -> list[TP]:
         index, count = self.properties.get(INSTANCE_INDEX), self.properties.get(INSTANCE_COUNT)
         if not 0 <= index < count:
             raise ConfigError(f"Property '{INSTANCE_INDEX.name}' ({index}) must be below "
                               f"'{INSTANCE_COUNT.name}' ({count})")
         assert self.consumer is not None
-        chosen = [TopicPartition(topic, p) for topic in self.source.destinations
-                  for p in sorted(self.consumer.partitions_for_topic(topic) or {0}) if p % count == index]
-        log.info("Static assignment (instance %d of %d): %s", index, count,
-                 ", ".join(f"{tp.topic}-{tp.partition}" for tp in chosen))
+        chosen = [(topic, p) for topic in self.source.destinations
+                  for p in sorted(self.consumer.partitions(topic)) if p % count == index]
+        log.info("Static assignment (instance %d of %d): %s", index, count, _names(chosen))
         return chosen
 
     # -- loop -----------------------------------------------------------------------------------
@@ -318,23 +275,23 @@ class Binder:
         self.state = "running"
         while not self.stop.is_set():
             self._restart_stalled()
-            batch = self.consumer.poll(timeout_ms=self._poll_timeout())
+            batch = self.consumer.poll(self._poll_timeout())
             if batch:
                 started = time.perf_counter()
                 self._process_batch(batch)
                 self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.state = "stopped"
 
-    def _poll_timeout(self) -> int:
-        """An idle poll's wait, shorter when a stalled partition is due sooner."""
+    def _poll_timeout(self) -> float:
+        """An idle poll's wait (s), shorter when a stalled partition is due sooner."""
         due = min((s.due for s in self.stalled.values()), default=float("inf"))
-        return int(max(0.0, min(POLL_TIMEOUT_MS / 1000, due - time.monotonic())) * 1000)
+        return max(0.0, min(POLL_TIMEOUT_MS / 1000, due - time.monotonic()))
 
-    def _process_batch(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
+    def _process_batch(self, batch: Mapping[TP, list[Any]]) -> None:
         started = time.monotonic()
         self._until = started + self._budget
-        done: dict[TopicPartition, list[Delivery]] = {}
-        rewinds: dict[TopicPartition, tuple[int, Exception | None]] = {}
+        done: dict[TP, list[Delivery]] = {}
+        rewinds: dict[TP, tuple[int, Exception | None]] = {}
         partitions = list(batch)
         for index, tp in enumerate(partitions):
             deliveries = done[tp] = []
@@ -384,7 +341,7 @@ class Binder:
                 future = self.producers[output.name].send(output.destination, value=value, key=key,
                                                           headers=headers, partition=partition)
             except Exception as error:  # noqa: BLE001 - no refusal ends the loop: settled as an asynchronous one
-                if about_the_record(error):
+                if self.client.about_the_record(error):
                     return self._give_up(record, error, attempts=attempt)
                 raise _RewindError(record.offset, error) from None
             self.sent[output.name].inc()
@@ -397,7 +354,7 @@ class Binder:
         media = content_type(headers, self.source.content_type)
         if record.value is None:  # a tombstone passes through, keyed as it came: its key is what it deletes
             output, payload, out_headers = self.outputs[self.tombstones], None, headers
-            key = _NullKey.NULL if record.key is None else record.key
+            key = record.key
         else:
             name, out = self.handler(Message(record.value, headers, media), **self.options)
             if name not in self.outputs:
@@ -405,7 +362,7 @@ class Binder:
             output, payload, out_headers, media, key = (self.outputs[name], out.payload, out.headers,
                                                         out.content_type, None)
         media = output.content_type or media
-        sent_headers = outbound_headers(out_headers, media, NULL_HEADER) if output.headers else None
+        sent_headers = outbound_headers(out_headers, media, self.client.null_header) if output.headers else None
         partition = self._partition(output, payload or b"", out_headers, media) if output.partition_key else None
         return output, payload, sent_headers, partition, key
 
@@ -440,7 +397,8 @@ class Binder:
 
         ``trace`` bounds the stack trace (None: what the producer's max.request.size leaves room for).
         """
-        headers = [*((k, NULL_HEADER if v is None else v) for k, v in record.headers), *_dlq_headers(record, cause)]
+        null = self.client.null_header
+        headers = [*((k, null if v is None else v) for k, v in record.headers), *_dlq_headers(record, cause)]
         if trace is None:
             trace = self._dlq_limit - _size(record, headers) - 512
         headers.append(("x-exception-stacktrace", _stack_trace(cause, trace)))
@@ -448,38 +406,37 @@ class Binder:
         try:
             producer = self.producers["dlq"]
             topic = self.source.dlq_topic(record.topic)
-            partitions = producer.partitions_for(topic) or {0}
-            copy.future = producer.send(topic, value=record.value, partition=record.partition % len(partitions),
-                                        key=_NullKey.NULL if record.key is None else record.key, headers=headers)
+            copy.future = producer.send(topic, record.value, record.key, headers,
+                                        record.partition % producer.partition_count(topic))
         except Exception as error:  # noqa: BLE001 - a refused copy holds its partition, never ends the loop
             copy.refused = error
         return copy
 
-    def _complete(self, pending: dict[TopicPartition, list[Delivery]], until: float) -> tuple[
-            dict[TopicPartition, list[Delivery]], dict[TopicPartition, tuple[int, Exception]]]:
+    def _complete(self, pending: dict[TP, list[Delivery]], until: float) -> tuple[
+            dict[TP, list[Delivery]], dict[TP, tuple[int, Exception]]]:
         """Flush and settle sends until nothing more can be sent now: ``(held, rewinds)``.
 
         Outputs the broker refused for the record's sake get their dead-letter copy; a copy refused for
         its size is sent again with only the stack trace's last line; copies still refused are ``held``.
         An output refused for any other reason rewinds its partition to it (later outputs are re-sent).
         """
-        held: dict[TopicPartition, list[Delivery]] = {}
-        rewinds: dict[TopicPartition, tuple[int, Exception]] = {}
+        held: dict[TP, list[Delivery]] = {}
+        rewinds: dict[TP, tuple[int, Exception]] = {}
         while pending:
             self._flush(until)
-            again: dict[TopicPartition, list[Delivery]] = {}
+            again: dict[TP, list[Delivery]] = {}
             for tp, deliveries in pending.items():
                 for sent in deliveries:
-                    error = sent.failure()
+                    error = sent.failure(self.client.outcome)
                     if error is None:
                         if sent.cause is not None:
                             self.metrics.dead_lettered.inc()
-                    elif sent.cause is None and not about_the_record(error):
+                    elif sent.cause is None and not self.client.about_the_record(error):
                         rewinds[tp] = (sent.record.offset, error)
                         break
                     elif sent.cause is None:
                         again.setdefault(tp, []).append(self._give_up(sent.record, error, attempts=1))
-                    elif isinstance(error, SIZE_ERRORS) and sent.trace != 0:
+                    elif self.client.too_large(error) and sent.trace != 0:
                         again.setdefault(tp, []).append(self._dead_letter(sent.record, sent.cause, 0))
                     else:
                         log.error("Record %s could not be sent to dead-letter topic '%s' (%s): its partition waits "
@@ -490,8 +447,8 @@ class Binder:
             pending = again
         return held, rewinds
 
-    def _advance(self, batch: Mapping[TopicPartition, list[Any]], held: dict[TopicPartition, list[Delivery]],
-                 rewinds: dict[TopicPartition, tuple[int, Exception | None]]) -> None:
+    def _advance(self, batch: Mapping[TP, list[Any]], held: dict[TP, list[Delivery]],
+                 rewinds: dict[TP, tuple[int, Exception | None]]) -> None:
         """Commit each partition up to its first unfinished record; pause the ones that stalled."""
         offsets = {}
         for tp, records in batch.items():
@@ -500,20 +457,20 @@ class Binder:
             copies = sorted(held.get(tp, []), key=lambda d: d.record.offset)
             committed = min([rewind, *(d.record.offset for d in copies)])
             if committed > first:
-                offsets[tp] = OffsetAndMetadata(committed, "", -1)
+                offsets[tp] = committed
             if rewind < resume:
                 self.consumer.seek(tp, rewind)
             if copies:
                 self._stall(tp, rewind, f"dead-letter copies refused ({_describe(copies[0].refused)})", copies)
             elif error is not None:
                 log.error("Sending records from %s-%d failed (%s); rewinding to offset %d to retry them",
-                          tp.topic, tp.partition, _describe(error), rewind)
+                          *tp, _describe(error), rewind)
                 self._stall(tp, rewind, f"sends refused ({_describe(error)})")
             else:
                 self._pauses.pop(tp, None)
         self._commit(offsets)
 
-    def _stall(self, tp: TopicPartition, resume: int, reason: str, copies: list[Delivery] | None = None) -> None:
+    def _stall(self, tp: TP, resume: int, reason: str, copies: list[Delivery] | None = None) -> None:
         """Pause a partition; it is tried again after a back-off that doubles while it keeps stalling."""
         pause = min(self._pauses.get(tp, PAUSE_FIRST / 2) * 2, PAUSE_LONGEST, self._budget)
         self._pauses[tp] = pause
@@ -536,14 +493,13 @@ class Binder:
         for tp, stalled in due.items():
             copies = sorted(held.get(tp, []), key=lambda d: d.record.offset)
             if copies:
-                offsets[tp] = OffsetAndMetadata(copies[0].record.offset, "", -1)
+                offsets[tp] = copies[0].record.offset
                 self._stall(tp, stalled.resume, f"dead-letter copies refused ({_describe(copies[0].refused)})",
                             copies)
                 continue
             if stalled.copies:
-                offsets[tp] = OffsetAndMetadata(stalled.resume, "", -1)
-                log.info("Every held record of %s-%d reached the dead-letter topic: the partition moves again",
-                         tp.topic, tp.partition)
+                offsets[tp] = stalled.resume
+                log.info("Every held record of %s-%d reached the dead-letter topic: the partition moves again", *tp)
             del self.stalled[tp]
             self.consumer.seek(tp, stalled.resume)
             self.consumer.resume(tp)
@@ -554,31 +510,27 @@ class Binder:
         if self.stop.is_set():
             until = min(until, self._deadline)
         for producer in self.producers.values():
-            while True:
-                try:
-                    producer.flush(timeout=max(0.1, min(1.0, until - time.monotonic())))
-                    break
-                except KafkaTimeoutError:
-                    if time.monotonic() > until:
-                        log.warning("Sends not acknowledged in time are left uncommitted: they will be sent again")
-                        return
+            while not producer.flush(max(0.1, min(1.0, until - time.monotonic()))):
+                if time.monotonic() > until:
+                    log.warning("Sends not acknowledged in time are left uncommitted: they will be sent again")
+                    return
 
-    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        if not offsets:
-            return
-        try:
-            self.consumer.commit(offsets, timeout_ms=10_000)
-        except CommitFailedError:
-            log.warning("Offsets not committed: the group rebalanced; the records will be redelivered")
-        except KafkaError as error:
-            log.warning("Offsets not committed (%s); the records will be redelivered", error)
+    def _commit(self, offsets: dict[TP, int]) -> None:
+        if offsets and (reason := self.consumer.commit(offsets)):
+            log.warning("Offsets not committed (%s): the records will be redelivered", reason)
 
-    def forget(self, partitions: Sequence[TopicPartition]) -> None:
-        """Partitions revoked: their new owner starts from the committed offsets."""
+    def _assigned(self, partitions: list[TP]) -> None:
+        log.info("Partitions assigned: %s", _names(partitions) or "none")
+
+    def forget(self, partitions: Sequence[TP]) -> None:
+        """Partitions revoked: their new owner starts from the committed offsets (offsets are committed
+        before every poll, so nothing else needs doing)."""
+        if partitions:
+            log.info("Partitions revoked: %s", _names(partitions))
         for tp in partitions:
             self.stalled.pop(tp, None)
             self._pauses.pop(tp, None)
-        gone = {(tp.topic, tp.partition) for tp in partitions}
+        gone = set(partitions)
         self._attempts = {where: made for where, made in self._attempts.items() if where[:2] not in gone}
 
     @property
@@ -596,25 +548,13 @@ class Binder:
     def close(self) -> None:
         """Input first, then outputs, as Spring; everything was flushed, so short timeouts suffice."""
         if self.consumer is not None:
-            self.consumer.close(autocommit=False, timeout_ms=2000)
+            self.consumer.close()
         for producer in self.producers.values():
-            producer.close(timeout=2)
+            producer.close()
 
 
-class _Rebalance(ConsumerRebalanceListener):
-    """Offsets are committed before every poll: a rebalance is logged, and stalls of revoked partitions dropped."""
-
-    def __init__(self, binder: Binder) -> None:
-        self.binder = binder
-
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        if revoked:
-            self.binder.forget(list(revoked))
-            log.info("Partitions revoked: %s", ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(revoked)))
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        log.info("Partitions assigned: %s",
-                 ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(assigned)) or "none")
+def _names(partitions: Sequence[TP]) -> str:
+    return ", ".join(f"{topic}-{partition}" for topic, partition in sorted(partitions))
 
 
 def _where(record: Any) -> str:
@@ -700,7 +640,7 @@ def run_app(handler: Handler, outputs: Sequence[str], options: Mapping[str, Prop
     except ConfigError as error:
         log.error("Configuration error: %s", error)
         sys.exit(1)
-    except KafkaError as error:
+    except binder.client.Error as error:
         log.error("Kafka error with brokers %s (property '%s'): %s", ",".join(binder.servers),
                   kafka_config.BROKERS.name, error)
         sys.exit(1)

@@ -8,12 +8,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import KafkaAdminClient
-from kafka.admin import NewPartitions, NewTopic
-from kafka.errors import KafkaError
-
 from .arguments import ConfigError, Properties, Property
-from .kafka_config import BINDER, client_settings
+from .kafka_config import BINDER
 
 log = logging.getLogger(__name__)
 
@@ -179,18 +175,8 @@ def partition_key(expression: str | None, name: str) -> str | None:
     raise ConfigError(f"Unsupported value '{text}' for property '{name}': use payload or headers['name']")
 
 
-def consumer_settings(properties: Properties, binding: InputBinding) -> dict[str, Any]:
-    """kafka-python consumer arguments: pass-through settings, then the group rules the binder enforces."""
-    settings = client_settings(properties, "input", "consumer")
-    settings.setdefault("auto_offset_reset", binding.start_offset)
-    if properties.raw(input_properties()["start_offset"].name):
-        settings["auto_offset_reset"] = binding.start_offset
-    settings.update(group_id=binding.group, enable_auto_commit=False)
-    return settings
-
-
-def provision(properties: Properties, topics: dict[str, tuple[int, str | None]]) -> None:
-    """Create missing topics and grow short ones as the binder's provisioner does.
+def provision(properties: Properties, client: Any, topics: dict[str, tuple[int, str | None]]) -> None:
+    """Create missing topics and grow short ones as the binder's provisioner does, through ``client``.
 
     ``topics`` maps each topic to the partitions its binding needs and the property that asks for them
     (None: fewer partitions are tolerated). A missing topic gets ``max(minPartitionCount, needed)``;
@@ -201,55 +187,33 @@ def provision(properties: Properties, topics: dict[str, tuple[int, str | None]])
         return
     minimum = properties.get(MIN_PARTITION_COUNT)
     grow = properties.get(AUTO_ADD_PARTITIONS)
-    admin = KafkaAdminClient(**client_settings(properties, None, "admin"))
     try:
-        existing = _partition_counts(admin, list(topics))
-        missing = [NewTopic(topic, max(minimum, needed), properties.get(REPLICATION_FACTOR))
-                   for topic, (needed, _) in topics.items() if topic not in existing]
+        existing = client.topic_partitions(list(topics))
+        missing = {topic: max(minimum, needed) for topic, (needed, _) in topics.items() if topic not in existing}
         if missing:
-            _create(admin, missing)
+            client.create_topics(missing, properties.get(REPLICATION_FACTOR))
         for topic, (needed, asked_by) in topics.items():
             found = existing.get(topic)
             wanted = max(minimum, needed) if grow else needed
             if found is None or found >= wanted:
                 continue
             if grow:
-                _grow(admin, topic, found, wanted)
+                try:
+                    client.grow(topic, wanted)
+                except client.Error as error:
+                    raise ConfigError(f"Cannot grow topic '{topic}' from {found} to {wanted} partitions "
+                                      f"('{AUTO_ADD_PARTITIONS.name}' is on): {error}") from None
+                log.info("Grew topic '%s' from %d to %d partitions", topic, found, wanted)
             elif asked_by is None:
                 log.warning("Topic '%s' has %d partition(s) for %d consumer(s): %d will be idle", topic, found,
                             needed, needed - found)
             else:
                 raise ConfigError(too_few_partitions(topic, needed, found, asked_by))
-    except KafkaError as error:
+    except client.Error as error:
         log.warning("Could not provision topics %s: %s", ", ".join(topics), error)
-    finally:
-        admin.close()
 
 
 def too_few_partitions(topic: str, needed: int, found: int, asked_by: str) -> str:
     """Spring's start-up failure for a topic with fewer partitions than a binding needs."""
     return (f"Property '{asked_by}' asks for {needed} partitions, but topic '{topic}' has {found}: increase the "
             f"topic's partition count or set '{AUTO_ADD_PARTITIONS.name}=true'")
-
-
-def _partition_counts(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:
-    present = set(admin.list_topics()) & set(topics)
-    return {d["name"]: len(d["partitions"]) for d in admin.describe_topics(sorted(present))} if present else {}
-
-
-def _create(admin: KafkaAdminClient, wanted: list[NewTopic]) -> None:
-    result = admin.create_topics(wanted, raise_errors=False)
-    for topic in result["topics"]:
-        if topic["error_code"] == 0:
-            log.info("Created topic '%s' with %s partition(s)", topic["name"], topic["num_partitions"])
-        elif topic["error_code"] != 36:  # TOPIC_ALREADY_EXISTS: another instance was first
-            log.warning("Could not create topic '%s': %s", topic["name"], topic["error_message"])
-
-
-def _grow(admin: KafkaAdminClient, topic: str, found: int, wanted: int) -> None:
-    try:
-        admin.create_partitions({topic: NewPartitions(total_count=wanted)})
-    except KafkaError as error:
-        raise ConfigError(f"Cannot grow topic '{topic}' from {found} to {wanted} partitions "
-                          f"('{AUTO_ADD_PARTITIONS.name}' is on): {error}") from None
-    log.info("Grew topic '%s' from %d to %d partitions", topic, found, wanted)
