@@ -227,7 +227,7 @@ class Binder:
 
     # -- start ----------------------------------------------------------------------------------
     def connect(self) -> None:
-        """Provision topics, create producers and the consumer; KafkaError when the brokers cannot be reached."""
+        """Provision topics, create producers and the consumer; the client's Error when no broker answers."""
         needed = self.source.concurrency * self.properties.get(INSTANCE_COUNT)
         asked_by = None if self.source.auto_rebalance else (  # a fixed assignment needs them all
             INSTANCE_COUNT.name if self.source.concurrency == 1 else
@@ -574,7 +574,7 @@ def _count_property(output: OutputBinding) -> str:
 
 
 def _size(record: Any, headers: Sequence[tuple[str, bytes]]) -> int:
-    """About what a record takes in a produce request (kafka-python refuses one over max.request.size)."""
+    """About what a record takes in a produce request (a client refuses one over its max.request.size)."""
     return (len(record.value or b"") + len(record.key or b"") + 128
             + sum(len(key.encode("utf-8", "replace")) + len(value) + 8 for key, value in headers))
 
