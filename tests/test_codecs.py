@@ -1,6 +1,7 @@
 """Header codec (both Spring generations), Java hash codes, grapheme reversal, Kafka settings."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,22 @@ def test_kafka_pass_through_precedence_and_security(tmp_path: Path) -> None:
     assert "no_such_key" not in settings
     producer = client_settings(Properties([], {}), "output", "producer")
     assert (producer["acks"], producer["enable_idempotence"]) == (1, False)
+
+
+@pytest.mark.parametrize("setting", ["ssl.enabled.protocols=TLSv1.3", "ssl.cipher.suites=TLS_AES_256_GCM_SHA384",
+                                     "ssl.truststore.certificates=-----BEGIN CERTIFICATE-----",
+                                     "ssl.trustmanager.algorithm=PinningTrustManager",
+                                     "sasl.login.callback.handler.class=com.example.OAuthHandler"])
+def test_security_settings_kafka_python_cannot_honour_stop_the_app(setting: str) -> None:
+    props = Properties([f"--spring.cloud.stream.kafka.binder.configuration.{setting}"], {})
+    with pytest.raises(ConfigError, match=rf"'{re.escape(setting.split('=')[0])}'.*weaken"):
+        client_settings(props, "input", "consumer")
+
+
+def test_java_defaults_of_security_settings_are_let_through() -> None:
+    props = Properties(["--spring.cloud.stream.kafka.binder.configuration.ssl.trustmanager.algorithm=PKIX",
+                        "--spring.cloud.stream.kafka.binder.configuration.ssl.protocol=TLSv1.3"], {})
+    assert "ssl_trustmanager_algorithm" not in client_settings(props, "input", "consumer")
 
 
 def test_jks_truststore_is_a_clear_error(tmp_path: Path) -> None:

@@ -36,6 +36,18 @@ _ASSIGNORS = {
 _MANAGED = frozenset({"group_id", "enable_auto_commit", "auto_commit_interval_ms", "key_deserializer",
                       "value_deserializer", "key_serializer", "value_serializer", "transactional_id"})
 _JAAS_OPTION = re.compile(r'(\w+)\s*=\s*"((?:[^"\\]|\\.)*)"')
+# Java-only keys that kafka-python cannot honour and whose silent omission would weaken security:
+# refused at start. The value each takes harmlessly (Java's default), if any, is let through.
+_WEAKENING = {
+    "ssl.enabled.protocols": (None, "kafka-python cannot restrict the TLS versions"),
+    "ssl.protocol": ("TLSv1.3", "kafka-python cannot restrict the TLS version"),
+    "ssl.cipher.suites": (None, "kafka-python cannot restrict the cipher suites by their Java names"),
+    "ssl.truststore.certificates": (None, "kafka-python reads trusted certificates from a file: put them in a PEM "
+                                          "file named by ssl.truststore.location"),
+    "ssl.trustmanager.algorithm": ("PKIX", "kafka-python verifies certificates with OpenSSL only"),
+    "sasl.login.callback.handler.class": (None, "kafka-python runs no Java login callback"),
+    "sasl.client.callback.handler.class": (None, "kafka-python runs no Java client callback"),
+}
 
 
 def bootstrap_servers(properties: Properties) -> list[str]:
@@ -107,6 +119,11 @@ def translate(kafka: Mapping[str, str], role: str) -> dict[str, Any]:
             settings["acks"] = _acks(value.strip().lower(), key)
         elif key == "partition.assignment.strategy":
             settings["partition_assignment_strategy"] = _assignors(value)
+        elif key in _WEAKENING:
+            harmless, why = _WEAKENING[key]
+            if value.strip() != harmless:
+                raise ConfigError(f"Kafka property '{key}' cannot be honoured ({why}), and leaving it out would "
+                                  "weaken the connection's security: remove it or use a broker listener without it")
         elif name in _MANAGED:
             log.warning("Kafka property '%s' is ignored: the binder sets it itself", key)
         elif name in defaults:
