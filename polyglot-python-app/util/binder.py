@@ -147,7 +147,6 @@ class Stalled:
 
     resume: int  # the offset it continues from
     reason: str
-    pause: float
     due: float
     copies: list[Delivery] = field(default_factory=list)  # oldest first: they must reach the DLQ before it moves
 
@@ -461,7 +460,7 @@ class Binder:
             if rewind < resume:
                 self.consumer.seek(tp, rewind)
             if copies:
-                self._stall(tp, rewind, f"dead-letter copies refused ({_describe(copies[0].refused)})", copies)
+                self._hold(tp, rewind, copies)
             elif error is not None:
                 log.error("Sending records from %s-%d failed (%s); rewinding to offset %d to retry them",
                           *tp, _describe(error), rewind)
@@ -474,8 +473,12 @@ class Binder:
         """Pause a partition; it is tried again after a back-off that doubles while it keeps stalling."""
         pause = min(self._pauses.get(tp, PAUSE_FIRST / 2) * 2, PAUSE_LONGEST, self._budget)
         self._pauses[tp] = pause
-        self.stalled[tp] = Stalled(resume, reason, pause, time.monotonic() + pause, copies or [])
+        self.stalled[tp] = Stalled(resume, reason, time.monotonic() + pause, copies or [])
         self.consumer.pause(tp)
+
+    def _hold(self, tp: TP, resume: int, copies: list[Delivery]) -> None:
+        """Stall a partition at its refused dead-letter copies (oldest first)."""
+        self._stall(tp, resume, f"dead-letter copies refused ({_describe(copies[0].refused)})", copies)
 
     def _restart_stalled(self) -> None:
         """Resend the held dead-letter copies that are due; resume partitions with nothing left to wait for."""
@@ -494,8 +497,7 @@ class Binder:
             copies = sorted(held.get(tp, []), key=lambda d: d.record.offset)
             if copies:
                 offsets[tp] = copies[0].record.offset
-                self._stall(tp, stalled.resume, f"dead-letter copies refused ({_describe(copies[0].refused)})",
-                            copies)
+                self._hold(tp, stalled.resume, copies)
                 continue
             if stalled.copies:
                 offsets[tp] = stalled.resume
