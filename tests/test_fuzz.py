@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from util.arguments import ConfigError, Properties, Property
 from util.bindings import resolve_input
 from util.headers import HeaderError, content_type, header_text, outbound_headers
-from util.kafka_config import bootstrap_servers, client_settings
+from util.kafka_config import bootstrap_servers
+from util.kafka_python import client_settings
 
 TYPED = [Property("server.port", int, 8080), Property("reversestring", bool, False),
          Property("x.multiplier", float, 2.0), Property("x.mode", str, "a", choices=("a", "b")),

@@ -47,8 +47,8 @@ from .bindings import (
 )
 from .bindings import PROPERTIES as BINDING_PROPERTIES
 from .headers import HeaderError, content_type, header_text, is_text, outbound_headers
-from .kafka_python import Client, Consumer, Producer
 from .partitions import java_bytes_hash, java_string_hash, select_partition
+from .transport import Consumer, Producer, open_client
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class Binder:
         self.state = "starting"
         self.servers = kafka_config.bootstrap_servers(properties)
         self._reachable: tuple[float, str | None] = (0.0, None)
-        self.client = Client(properties)
+        self.client = open_client(properties)
         self.consumer: Consumer | None = None
         self.producers: dict[str, Producer] = {}
         self.partition_counts: dict[str, int] = {}
@@ -575,10 +575,10 @@ def _count_property(output: OutputBinding) -> str:
     return output_properties(output.name)["partition_count"].name
 
 
-def _size(record: Any, headers: Sequence[tuple[str, bytes]]) -> int:
+def _size(record: Any, headers: Sequence[tuple[str, bytes | None]]) -> int:
     """About what a record takes in a produce request (a client refuses one over its max.request.size)."""
     return (len(record.value or b"") + len(record.key or b"") + 128
-            + sum(len(key.encode("utf-8", "replace")) + len(value) + 8 for key, value in headers))
+            + sum(len(key.encode("utf-8", "replace")) + len(value or b"") + 8 for key, value in headers))
 
 
 def _stack_trace(error: BaseException, limit: int) -> bytes:

@@ -1,0 +1,459 @@
+"""The librdkafka transport (confluent-kafka): the operations of ``transport.py``, and its settings.
+
+Sends report only failures (``delivery.report.only.error``): a flush that leaves nothing queued
+acknowledges every send before it that no callback failed, so the hot path has no per-record callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+from confluent_kafka import Consumer as _Consumer
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Producer as _Producer
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+
+from . import kafka_config
+from .arguments import ConfigError, Properties
+from .bindings import InputBinding, input_properties
+
+log = logging.getLogger(__name__)
+client_log = logging.getLogger("librdkafka")
+
+NAME = "librdkafka"
+TP = tuple[str, int]
+# Refusals about the record itself: it takes its error path. Any other failure of a send is the broker's.
+RECORD_CODES = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG,
+                          KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_RECORD, KafkaError.INVALID_TIMESTAMP,
+                          KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT, KafkaError._BAD_MSG,
+                          KafkaError._VALUE_SERIALIZATION, KafkaError._KEY_SERIALIZATION})
+SIZE_CODES = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+REBALANCED = frozenset({KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
+                        KafkaError.UNKNOWN_MEMBER_ID, KafkaError.FENCED_INSTANCE_ID, KafkaError._ASSIGNMENT_LOST,
+                        KafkaError.STALE_MEMBER_EPOCH, KafkaError.FENCED_MEMBER_EPOCH})
+_UNANSWERED = (KafkaError._TRANSPORT, KafkaError._TIMED_OUT)
+MAX_POLL_RECORDS = 500  # Java's max.poll.records: the records one poll hands the loop
+# Java's max.request.size (1 MiB) and linger; librdkafka's own batch.size (1 MB) fills well before a flush.
+PRODUCER_DEFAULTS = {"message.max.bytes": 1 << 20, "linger.ms": 5}
+# Prefetch of the consumer queue (librdkafka's defaults are 100,000 records a partition and 64 MiB): enough
+# for several polled batches ahead at full speed, within the binder's memory target. See the README.
+CONSUMER_DEFAULTS = {"queued.max.messages.kbytes": 4096, "queued.min.messages": 5000}
+# Java keys that librdkafka spells differently.
+_RENAMED = {"fetch.max.wait.ms": "fetch.wait.max.ms", "max.request.size": "message.max.bytes",
+            "receive.buffer.bytes": "socket.receive.buffer.bytes", "send.buffer.bytes": "socket.send.buffer.bytes",
+            "ssl.truststore.location": "ssl.ca.location", "ssl.truststore.certificates": "ssl.ca.pem",
+            "ssl.keystore.certificate.chain": "ssl.certificate.pem", "ssl.keystore.key": "ssl.key.pem",
+            "sasl.mechanism": "sasl.mechanisms"}
+# Java-only keys with no librdkafka meaning: a warning, then ignored.
+JAVA_ONLY = frozenset({"max.block.ms", "default.api.timeout.ms", "interceptor.classes", "metric.reporters",
+                       "metrics.num.samples", "metrics.recording.level", "metrics.sample.window.ms",
+                       "exclude.internal.topics", "partitioner.class", "security.providers",
+                       "ssl.keymanager.algorithm", "ssl.secure.random.implementation", "ssl.engine.factory.class",
+                       "ssl.truststore.type", "ssl.keystore.type", "ssl.truststore.password",
+                       "ssl.keystore.password", "auto.include.jmx.reporter", "enable.metrics.push",
+                       "sasl.login.class"})
+# Java-only keys whose silent omission would weaken security: refused at start, but for Java's default.
+_WEAKENING = {
+    "ssl.enabled.protocols": (None, "librdkafka takes the TLS versions from OpenSSL's configuration"),
+    "ssl.protocol": ("TLSv1.3", "librdkafka takes the TLS version from OpenSSL's configuration"),
+    "ssl.cipher.suites": (None, "librdkafka names cipher suites as OpenSSL does, not by their Java names"),
+    "ssl.trustmanager.algorithm": ("PKIX", "librdkafka verifies certificates with OpenSSL only"),
+    "sasl.login.callback.handler.class": (None, "librdkafka runs no Java login callback"),
+    "sasl.client.callback.handler.class": (None, "librdkafka runs no Java client callback"),
+}
+_ASSIGNORS = {"rangeassignor": "range", "roundrobinassignor": "roundrobin",
+              "cooperativestickyassignor": "cooperative-sticky"}
+
+
+class Record(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Any
+    timestamp: int
+    timestamp_type: int
+
+
+def about_the_record(error: BaseException) -> bool:
+    """A send failure the record itself caused: the client refused it (any non-Kafka error) or the broker did."""
+    if isinstance(error, KafkaException):
+        return error.args[0].code() in RECORD_CODES
+    return not isinstance(error, BufferError)
+
+
+def too_large(error: BaseException) -> bool:
+    return isinstance(error, KafkaException) and error.args[0].code() in SIZE_CODES
+
+
+class _Batch:
+    """The sends between two complete flushes; ``done`` once a flush left nothing queued."""
+
+    __slots__ = ("done", "failures", "sends")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.failures = 0
+        self.sends = 0
+
+
+class _Sent:
+    """One send's completion handle: its failure, if the delivery callback reported one."""
+
+    __slots__ = ("batch", "error")
+
+    def __init__(self, batch: _Batch) -> None:
+        self.batch = batch
+        self.error: KafkaError | None = None
+
+    def report(self, error: KafkaError | None, _message: Any) -> None:
+        if error is not None:
+            self.error = error
+            self.batch.failures += 1
+
+
+def outcome(handle: _Sent) -> Exception | None:
+    if handle.error is not None:
+        return KafkaException(handle.error)
+    return None if handle.batch.done else KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT,
+                                                                    "not acknowledged in time"))
+
+
+class Producer:
+    """One producer; ``send`` returns a handle that ``outcome`` reads once flushed."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.max_request_size = int(settings.get("message.max.bytes", 1_000_000))
+        self._producer = _create(_Producer, settings)
+        self._produce = self._producer.produce
+        self._batch = _Batch()
+        self._counts: dict[str, int] = {}
+        self._settled = True  # no failure and nothing unfinished since ``settled`` was last asked
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None, headers: Any, partition: int | None) -> _Sent:
+        batch = self._batch
+        sent = _Sent(batch)
+        batch.sends += 1
+        try:
+            self._produce(topic, value, key, partition=-1 if partition is None else partition,
+                          on_delivery=sent.report, headers=headers)
+        except BufferError:  # the local queue is full: wait for room, as Java's send blocks up to max.block.ms
+            self._send_when_room(topic, value, key, headers, partition, sent)
+        return sent
+
+    def _send_when_room(self, topic: str, value: bytes | None, key: bytes | None, headers: Any,
+                        partition: int | None, sent: _Sent) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            self._producer.poll(0.1)
+            try:
+                self._produce(topic, value, key, partition=-1 if partition is None else partition,
+                              on_delivery=sent.report, headers=headers)
+                return
+            except BufferError:
+                if time.monotonic() > deadline:
+                    raise KafkaException(KafkaError(KafkaError._QUEUE_FULL, "the producer queue stayed full")) from None
+
+    def flush(self, seconds: float) -> bool:
+        if self._producer.flush(seconds):
+            self._settled = False
+            return False
+        batch, self._batch = self._batch, _Batch()
+        batch.done = True
+        if batch.failures:
+            self._settled = False
+        return True
+
+    def settled(self) -> bool:
+        settled = self._settled and not self._batch.sends
+        self._settled = True
+        return settled
+
+    def partition_count(self, topic: str) -> int:
+        if topic not in self._counts:
+            found = _partitions(self._producer, topic)
+            if not found:
+                return 1
+            self._counts[topic] = len(found)
+        return self._counts[topic]
+
+    def close(self) -> None:
+        self._producer.flush(2)
+
+
+class Consumer:
+    """The input binding's consumer: batches per partition, synchronous commits, seek, pause and resume."""
+
+    def __init__(self, settings: dict[str, Any], max_poll_records: int) -> None:
+        self.max_poll_interval = int(settings.get("max.poll.interval.ms", 300_000)) / 1000
+        self._consumer = _create(_Consumer, settings)
+        self._max = max_poll_records
+        self._consume = self._consumer.consume
+        self._warned: str | None = None
+
+    def subscribe(self, topics: Iterable[str], assigned: Callable[[list[TP]], None],
+                  revoked: Callable[[list[TP]], None]) -> None:
+        def on_assign(_consumer: Any, partitions: list[TopicPartition]) -> None:
+            assigned(_tps(partitions))
+
+        def on_revoke(_consumer: Any, partitions: list[TopicPartition]) -> None:
+            revoked(_tps(partitions))
+
+        self._consumer.subscribe(list(topics), on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
+
+    def partitions(self, topic: str) -> set[int]:
+        return _partitions(self._consumer, topic) or {0}
+
+    def assign(self, partitions: list[TP]) -> None:
+        self._consumer.assign([TopicPartition(*tp) for tp in partitions])
+
+    def poll(self, seconds: float) -> Mapping[TP, list[Record]]:
+        batch: dict[TP, list[Record]] = {}
+        records: list[Record] = []
+        current: TP | None = None
+        for m in self._consume(self._max, seconds):
+            if m.error() is not None:
+                self._consumer_error(m)
+                continue
+            tp = (m.topic(), m.partition())
+            if tp != current:
+                current = tp
+                records = batch.setdefault(tp, [])
+            kind, stamp = m.timestamp()
+            records.append(Record(tp[0], tp[1], m.offset(), m.key(), m.value(), m.headers() or (), stamp, kind - 1))
+        return batch
+
+    def _consumer_error(self, message: Any) -> None:
+        """An error event in the consumer queue: fatal ones stop the app, the others are logged once."""
+        error: KafkaError = message.error()
+        if error.fatal():
+            raise KafkaException(error)
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        text = f"{message.topic() or ''}-{message.partition()}: {error.str()}" if message.topic() else error.str()
+        if text != self._warned:
+            self._warned = text
+            log.warning("Consumer error (retried by the client): %s", text)
+
+    def commit(self, offsets: Mapping[TP, int]) -> str | None:
+        try:
+            done = self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                         asynchronous=False)
+        except KafkaException as failure:
+            error = failure.args[0]
+            return "the group rebalanced" if error.code() in REBALANCED else error.str()
+        failed = [tp for tp in done or () if tp.error is not None]
+        return "; ".join(f"{tp.topic}-{tp.partition}: {tp.error.str()}" for tp in failed) or None
+
+    def seek(self, tp: TP, offset: int) -> None:
+        try:
+            self._consumer.seek(TopicPartition(tp[0], tp[1], offset))
+        except KafkaException as failure:  # not assigned any more (revoked meanwhile): its new owner goes on
+            log.debug("Seek of %s-%d skipped: %s", *tp, failure)
+
+    def pause(self, tp: TP) -> None:
+        self._consumer.pause([TopicPartition(*tp)])
+
+    def resume(self, tp: TP) -> None:
+        self._consumer.resume([TopicPartition(*tp)])
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def _tps(partitions: list[TopicPartition]) -> list[TP]:
+    return sorted((tp.topic, tp.partition) for tp in partitions)
+
+
+def _partitions(client: Any, topic: str) -> set[int]:
+    """The partitions of a topic that exists (empty when it does not); the client's Error when no broker answers."""
+    found = _metadata(client, topic).get(topic)
+    return set(found.partitions) if found is not None and found.error is None else set()
+
+
+def _metadata(client: Any, topic: str | None = None, seconds: float = 10) -> dict[str, Any]:
+    """Topic metadata, asked in short waits: a signal (SIGTERM) is handled between them, not after 10 s."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return client.list_topics(topic, timeout=0.5).topics
+        except KafkaException as failure:
+            if failure.args[0].code() not in _UNANSWERED or time.monotonic() > deadline:
+                raise
+
+
+class Client:
+    """librdkafka clients configured from the binder's properties."""
+
+    name = NAME
+    Error = KafkaException
+    null_header = None  # librdkafka writes a null header value as null
+    about_the_record = staticmethod(about_the_record)
+    too_large = staticmethod(too_large)
+    outcome = staticmethod(outcome)
+
+    def __init__(self, properties: Properties) -> None:
+        self.properties = properties
+        self._admin: AdminClient | None = None
+
+    def producer(self, binding: str | None, carries: InputBinding | None = None) -> Producer:
+        """The producer of an output binding; with ``carries``, the DLQ producer of that input binding.
+
+        A dead-lettered record is as big as the input topic let it be: the DLQ producer sends any record
+        the consumer can fetch.
+        """
+        settings = client_settings(self.properties, binding, "producer")
+        if carries is not None:
+            fetchable = int(consumer_settings(self.properties, carries).get("fetch.max.bytes", 52_428_800))
+            settings["message.max.bytes"] = max(int(settings.get("message.max.bytes", 0)), fetchable)
+        return Producer(settings)
+
+    def consumer(self, binding: InputBinding) -> tuple[Consumer, str]:
+        """The input binding's consumer and the offset it starts at when its group has none."""
+        settings = consumer_settings(self.properties, binding)
+        count = settings.pop("max.poll.records", MAX_POLL_RECORDS)
+        return Consumer(settings, count), settings["auto.offset.reset"]
+
+    # -- topics ---------------------------------------------------------------------------------
+    @property
+    def admin(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = _create(AdminClient, client_settings(self.properties, None, "admin"))
+        return self._admin
+
+    def topic_partitions(self, topics: list[str]) -> dict[str, int]:
+        metadata = _metadata(self.admin)
+        return {t: len(metadata[t].partitions) for t in topics if t in metadata and metadata[t].error is None}
+
+    def create_topics(self, wanted: Mapping[str, int], replication: int) -> None:
+        futures = self.admin.create_topics([NewTopic(topic, count, replication) for topic, count in wanted.items()],
+                                           operation_timeout=10, request_timeout=15)
+        for topic, future in futures.items():
+            try:
+                future.result(timeout=30)
+                log.info("Created topic '%s' with %s partition(s)", topic, wanted[topic])
+            except KafkaException as failure:
+                if failure.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another instance was first
+                    log.warning("Could not create topic '%s': %s", topic, failure.args[0].str())
+
+    def grow(self, topic: str, total: int) -> None:
+        for future in self.admin.create_partitions([NewPartitions(topic, total)], request_timeout=15).values():
+            future.result(timeout=30)
+
+
+def _create(kind: Callable[[dict[str, Any]], Any], settings: dict[str, Any]) -> Any:
+    """A client; a key librdkafka does not know is dropped with a warning, a bad value names its key."""
+    while True:
+        try:
+            return kind({**settings, "logger": client_log, "error_cb": _client_error})
+        except KafkaException as failure:
+            error = failure.args[0]
+            text = error.str()
+            unknown = text.removeprefix("No such configuration property: ").strip('"')
+            if text.startswith("No such configuration property") and unknown in settings:
+                log.warning("Kafka property '%s' is not supported by librdkafka and is ignored", unknown)
+                del settings[unknown]
+                continue
+            raise ConfigError(f"Kafka client settings refused by librdkafka: {text}") from None
+
+
+_last_error: list[str] = [""]
+
+
+def _client_error(error: KafkaError) -> None:
+    """librdkafka's own errors (brokers down, authentication): retried by it, logged when they change."""
+    text = error.str()
+    if error.fatal():
+        log.error("Kafka client error (fatal): %s", text)
+    elif text != _last_error[0]:
+        log.warning("Kafka client error (retried by the client): %s", text)
+    _last_error[0] = text
+
+
+# -- settings -----------------------------------------------------------------------------------------
+def client_settings(properties: Properties, binding: str | None, role: str) -> dict[str, Any]:
+    """librdkafka settings for a binding's consumer or producer (or the admin client)."""
+    kafka = kafka_config.java_settings(properties, binding, role)
+    settings: dict[str, Any] = {"bootstrap.servers": ",".join(kafka_config.bootstrap_servers(properties))}
+    if role == "producer":
+        settings.update(acks=kafka_config.required_acks(properties, kafka), **PRODUCER_DEFAULTS)
+    elif role == "consumer":
+        settings.update(CONSUMER_DEFAULTS)
+    settings.update(translate(kafka))
+    if role == "consumer" and "fetch.max.bytes" in settings and "message.max.bytes" not in settings:
+        # librdkafka wants fetch.max.bytes >= message.max.bytes; like Java's, it still fetches a bigger record
+        settings["message.max.bytes"] = min(1_000_000, kafka_config.whole_number("fetch.max.bytes",
+                                                                                 settings["fetch.max.bytes"]))
+    if role == "producer":
+        # As the Java client: idempotence needs acks=all, so it is off with the binder's default acks=1.
+        settings.setdefault("enable.idempotence", settings["acks"] == "all")
+        settings["delivery.report.only.error"] = True
+    return settings
+
+
+def translate(kafka: Mapping[str, str]) -> dict[str, Any]:
+    """Java Kafka client keys to librdkafka's: most are the same name; the client rejects what it does not know."""
+    settings: dict[str, Any] = {}
+    for key, value in kafka.items():
+        if key == "sasl.jaas.config":
+            settings["sasl.username"], settings["sasl.password"] = kafka_config.jaas_credentials(value)
+        elif key == "ssl.truststore.location":
+            settings["ssl.ca.location"] = kafka_config.pem_file(key, value)
+        elif key == "ssl.keystore.location":
+            path = kafka_config.pem_file(key, value)
+            settings["ssl.certificate.location"] = path
+            if b"PRIVATE KEY-----" in _read(path):
+                settings["ssl.key.location"] = path
+        elif key == "ssl.endpoint.identification.algorithm":
+            settings[key] = "https" if value.strip().lower() == "https" else "none"
+        elif key == "acks":
+            continue  # read with the binder's requiredAcks
+        elif key == "buffer.memory":
+            settings["queue.buffering.max.kbytes"] = max(1, kafka_config.whole_number(key, value) // 1024)
+        elif key == "max.poll.records":
+            settings[key] = kafka_config.whole_number(key, value)
+        elif key == "partition.assignment.strategy":
+            settings[key] = _assignors(value)
+        elif key == "security.protocol":
+            settings[key] = value.strip().lower()
+        elif key in _WEAKENING:
+            harmless, why = _WEAKENING[key]
+            if value.strip() != harmless:
+                raise kafka_config.refuse(key, why)
+        elif key in kafka_config.MANAGED:
+            log.warning("Kafka property '%s' is ignored: the binder sets it itself", key)
+        elif key in JAVA_ONLY:
+            log.warning("Kafka property '%s' has no librdkafka meaning and is ignored", key)
+        else:
+            settings[_RENAMED.get(key, key)] = value.strip()
+    return settings
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read(1 << 20)
+
+
+def _assignors(value: str) -> str:
+    chosen = []
+    for name in value.split(","):
+        simple = name.strip().rsplit(".", 1)[-1].lower()
+        if simple not in _ASSIGNORS and simple not in _ASSIGNORS.values():
+            raise ConfigError(f"Kafka property 'partition.assignment.strategy': '{name.strip()}' is not supported "
+                              "by librdkafka; use RangeAssignor, RoundRobinAssignor or CooperativeStickyAssignor")
+        chosen.append(_ASSIGNORS.get(simple, simple))
+    return ",".join(chosen)
+
+
+def consumer_settings(properties: Properties, binding: InputBinding) -> dict[str, Any]:
+    """librdkafka consumer settings: pass-through settings, then the group rules the binder enforces."""
+    settings = client_settings(properties, "input", "consumer")
+    settings.setdefault("auto.offset.reset", binding.start_offset)
+    if properties.raw(input_properties()["start_offset"].name):
+        settings["auto.offset.reset"] = binding.start_offset
+    settings.update({"group.id": binding.group, "enable.auto.commit": False})
+    return settings

@@ -1,0 +1,99 @@
+"""What the binder's loop needs of a Kafka client, and the choice of client.
+
+The loop (``binder.py``) knows records, offsets and outcomes, never a client class. A transport
+(``librdkafka.py``, ``kafka_python.py``) creates topics, opens producers and the consumer, sends
+with a completion handle and flushes, commits, seeks and pauses, and says whether a failed send was
+about the record itself. Partitions are ``(topic, partition)`` tuples; a record has ``topic``,
+``partition``, ``offset``, ``key``, ``value``, ``headers``, ``timestamp`` and ``timestamp_type``
+(-1 none, 0 create time, 1 log-append time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from .arguments import Properties
+from .bindings import InputBinding
+from .kafka_config import CLIENT
+
+TP = tuple[str, int]
+Headers = Sequence[tuple[str, bytes | None]]
+
+
+class Producer(Protocol):
+    max_request_size: int
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None, headers: Headers | None,
+             partition: int | None) -> Any:
+        """Queue a record; the handle's outcome is read after a flush. Raises when refused at once."""
+
+    def flush(self, seconds: float) -> bool:
+        """True once every send is acknowledged or failed; False when ``seconds`` ran out first."""
+
+    def settled(self) -> bool:
+        """True when every send since the last call was acknowledged: no handle needs reading."""
+
+    def partition_count(self, topic: str) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class Consumer(Protocol):
+    max_poll_interval: float
+
+    def subscribe(self, topics: Iterable[str], assigned: Callable[[list[TP]], None],
+                  revoked: Callable[[list[TP]], None]) -> None: ...
+
+    def assign(self, partitions: list[TP]) -> None: ...
+
+    def partitions(self, topic: str) -> set[int]: ...
+
+    def poll(self, seconds: float) -> Mapping[TP, list[Any]]:
+        """Records by partition, in offset order."""
+
+    def commit(self, offsets: Mapping[TP, int]) -> str | None:
+        """Commit, waiting for the broker; why not when it failed (the records will come again)."""
+
+    def seek(self, tp: TP, offset: int) -> None: ...
+
+    def pause(self, tp: TP) -> None: ...
+
+    def resume(self, tp: TP) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Client(Protocol):
+    name: str
+    Error: type[Exception]  # what the client raises when no broker answers
+    null_header: bytes | None  # what a null header value is written as
+
+    def about_the_record(self, error: BaseException) -> bool:
+        """A send failure the record itself caused (too large, malformed), not the broker's state."""
+
+    def too_large(self, error: BaseException) -> bool: ...
+
+    def outcome(self, handle: Any) -> Exception | None:
+        """None once acknowledged; else why not (unfinished when the last flush ended: a timeout)."""
+
+    def producer(self, binding: str | None, carries: InputBinding | None = None) -> Producer: ...
+
+    def consumer(self, binding: InputBinding) -> tuple[Consumer, str]: ...
+
+    def topic_partitions(self, topics: list[str]) -> dict[str, int]: ...
+
+    def create_topics(self, wanted: Mapping[str, int], replication: int) -> None: ...
+
+    def grow(self, topic: str, total: int) -> None: ...
+
+
+def open_client(properties: Properties) -> Client:
+    """The client ``...binder.client`` names; only that one is imported (start-up time and memory)."""
+    if properties.get(CLIENT) == "kafka-python":
+        from .kafka_python import Client as KafkaPython
+
+        return KafkaPython(properties)
+    from .librdkafka import Client as Librdkafka
+
+    return Librdkafka(properties)
