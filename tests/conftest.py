@@ -39,6 +39,21 @@ FAST_GROUPS = ("--spring.cloud.stream.kafka.binder.consumerProperties.session.ti
                "--spring.cloud.stream.kafka.binder.consumerProperties.heartbeat.interval.ms=2000")
 
 
+# Every stream test runs on each Kafka client the binder supports (the default first); one marked
+# ``one_client`` (what it checks does not touch the client) runs on the default only.
+CLIENTS = ("librdkafka", "kafka-python")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "client" in metafunc.fixturenames:
+        one = metafunc.definition.get_closest_marker("one_client") is not None
+        metafunc.parametrize("client", CLIENTS[:1] if one else CLIENTS)
+
+
+def client_arg(client: str) -> str:
+    return f"--spring.cloud.stream.kafka.binder.client={client}"
+
+
 class Kafka:
     """Test-side producer, reader and admin on one broker."""
 
@@ -136,8 +151,10 @@ GROUP = "the test's own group"  # start_stream_app's default: no group is shared
 
 
 @pytest.fixture
-def start_stream_app(broker: Tansu, start_app: Callable[..., App], names: Callable[[str], str]) -> Callable[..., App]:
-    """A stream app as SCDF's Kubernetes deployer starts it: exec-style args, brokers from the env.
+def start_stream_app(broker: Tansu, start_app: Callable[..., App], names: Callable[[str], str],
+                     client: str) -> Callable[..., App]:
+    """A stream app as SCDF's Kubernetes deployer starts it, on the test's Kafka client: exec-style args,
+    brokers from the env.
 
     ``sinks`` maps output bindings to topics; None values (and a None source or group) are left out. By
     default the group is the test's own (``names("s")``): the test broker holds a member that left in the
@@ -147,7 +164,7 @@ def start_stream_app(broker: Tansu, start_app: Callable[..., App], names: Callab
     def start(kind: str, source: str | None, sinks: dict[str, str | None], *extra: str, group: str | None = GROUP,
               env: dict[str, str] | None = None) -> App:
         group = names("s") if group == GROUP else group
-        args = ["--server.port=0", *FAST_GROUPS, *extra]
+        args = ["--server.port=0", client_arg(client), *FAST_GROUPS, *extra]
         bindings = {"input.destination": source, "input.group": group,
                     **{f"{name}.destination": topic for name, topic in sinks.items()}}
         args += [f"--spring.cloud.stream.bindings.{key}={value}" for key, value in bindings.items() if value]

@@ -12,6 +12,7 @@ import pytest
 from conftest import Figures
 from devkit.apps import App
 
+pytestmark = pytest.mark.one_client  # the actuator knows no Kafka client
 PATHS = ("/actuator/health", "/actuator/health/liveness", "/actuator/health/readiness", "/actuator/info",
          "/actuator/prometheus")
 SLOW_CLIENTS = 200

@@ -24,7 +24,7 @@ from kafka.errors import (
 from kafka.future import Future
 from test_stream_apps import expected, latest_assignment, read_outputs, sinks_for
 
-from conftest import SOAK_SECONDS, STREAM_APPS, Figures, Kafka
+from conftest import SOAK_SECONDS, STREAM_APPS, Figures, Kafka, client_arg
 from devkit.apps import App
 from devkit.tansu import Tansu, free_port
 from devkit.waiting import wait_for
@@ -123,15 +123,17 @@ def test_survivor_takes_over_the_partitions_of_an_instance_killed_with_kill_9(
     figures.add(f"{kind}: lost, duplicates", f"0, {len(found) - count}")
 
 
-def test_sigterm_while_no_broker_answers_stops_at_once(start_app: Callable[..., App], figures: Figures) -> None:
+def test_sigterm_while_no_broker_answers_stops_at_once(start_app: Callable[..., App], client: str,
+                                                      figures: Figures) -> None:
     bindings = ["--spring.cloud.stream.bindings.input.destination=in",
                 "--spring.cloud.stream.bindings.output.destination=out"]
-    app = start_app(STREAM_APPS["processor"][0], ["--server.port=0", *bindings],
+    app = start_app(STREAM_APPS["processor"][0], ["--server.port=0", client_arg(client), *bindings],
                     {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": f"127.0.0.1:{free_port()}"})
     assert health(app)[0] == 503  # the actuator answers, DOWN, while the client keeps trying
     signalled = time.monotonic()
     assert app.stop(timeout=10) == 0
-    figures.add("SIGTERM to exit while connecting to an unreachable broker", f"{time.monotonic() - signalled:.1f} s")
+    figures.add(f"{client}: SIGTERM to exit while connecting to an unreachable broker",
+                f"{time.monotonic() - signalled:.1f} s")
     assert "Stopped while connecting to the brokers" in app.log
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Kafka
+from conftest import Kafka, client_arg
 from devkit.apps import App
 from devkit.tansu import Tansu
 from devkit.waiting import wait_for
@@ -125,10 +125,10 @@ def test_static_assignment_from_instance_index(
     assert app.stop() == 0
 
 
-def test_health_follows_the_broker(tmp_path: Path, start_app: Callable[..., App]) -> None:
+def test_health_follows_the_broker(tmp_path: Path, start_app: Callable[..., App], client: str) -> None:
     own = Tansu(tmp_path / "tansu.log").start()
     try:
-        app = start_app("polyglot-python-processor/python_processor.py", [
+        app = start_app("polyglot-python-processor/python_processor.py", [client_arg(client),
             f"--spring.cloud.stream.kafka.binder.brokers={own.bootstrap}",
             "--spring.cloud.stream.bindings.input.destination=h.in", "--spring.cloud.stream.bindings.input.group=h",
             "--spring.cloud.stream.bindings.output.destination=h.out", "--server.port=0",
@@ -149,6 +149,7 @@ def test_health_follows_the_broker(tmp_path: Path, start_app: Callable[..., App]
         own.stop()
 
 
+@pytest.mark.one_client
 def test_actuator_endpoints(kafka: Kafka, names: Callable[[str], str], start_processor: StartProcessor) -> None:
     app = start_processor(kafka.create(names("in")), names("out"), "--reversestring=true",
                           "--spring.cloud.dataflow.stream.name=text-reversal",

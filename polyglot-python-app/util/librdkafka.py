@@ -362,14 +362,15 @@ def _create(kind: Callable[[dict[str, Any]], Any], settings: dict[str, Any]) -> 
 
 
 _last_error: list[str] = [""]
+_LOGGED_BY_CLIENT = (KafkaError._TRANSPORT, KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError._RESOLVE)
 
 
 def _client_error(error: KafkaError) -> None:
-    """librdkafka's own errors (brokers down, authentication): retried by it, logged when they change."""
+    """librdkafka's own errors: retried by it, logged when they change (connection failures it logs itself)."""
     text = error.str()
     if error.fatal():
         log.error("Kafka client error (fatal): %s", text)
-    elif text != _last_error[0]:
+    elif text != _last_error[0] and error.code() not in _LOGGED_BY_CLIENT:
         log.warning("Kafka client error (retried by the client): %s", text)
     _last_error[0] = text
 
