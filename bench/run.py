@@ -2,7 +2,9 @@
 
 Everything runs in one go on one embedded Tansu broker and writes ``bench/results/latest.{md,json,png}``.
 Throughput is read off the output records' own timestamps (first to last), so start-up and group joins
-are not counted. Environment: ``BENCH_RECORDS`` (200000) and ``BENCH_REPS`` (3) shrink a trial run.
+are not counted. Environment: ``BENCH_RECORDS`` (200000) and ``BENCH_REPS`` (3) shrink a trial run;
+``BENCH_ONLY`` (comma list of row names) runs only those rows; ``BENCH_BASELINE`` (another checkout, say a
+``git worktree`` of the previous commit) adds its processor on each client to the same run, side by side.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 RECORDS = int(os.environ.get("BENCH_RECORDS", "200000"))
 REPS = int(os.environ.get("BENCH_REPS", "3"))
+ONLY = {name.strip() for name in os.environ.get("BENCH_ONLY", "").split(",") if name.strip()}
+BASELINE = Path(os.environ["BENCH_BASELINE"]).resolve() if os.environ.get("BENCH_BASELINE") else None
+CLIENTS = ("librdkafka", "kafka-python")
+DEFAULT = CLIENTS[0]
+# The seed's loop as it shipped: kafka-python from PyPI without crc32c, in a venv of its own (`make bench`).
+SEED_PYTHON = ROOT / ".venv-seed" / "bin" / "python"
 PARTITIONS = 4
 LATENCY_RATE, LATENCY_RECORDS = 100, 1000
 FAST_GROUPS = ["--spring.cloud.stream.kafka.binder.consumerProperties.session.timeout.ms=6000",
@@ -98,16 +106,18 @@ class Bench:
             raise RuntimeError(f"only {len(stamps)} of {sum(outputs.values())} output records arrived")
         return len(stamps) / max((max(stamps) - min(stamps)) / 1000, 1e-3)
 
-    def app(self, kind: str, source: str, sinks: dict[str, str], group: str, *extra: str) -> App:
+    def app(self, kind: str, source: str, sinks: dict[str, str], group: str, *extra: str, client: str = DEFAULT,
+            root: Path = ROOT) -> App:
         bindings = {"input.destination": source, "input.group": group,
                     **{f"{binding}.destination": topic for binding, topic in sinks.items()}}
-        args = ["--server.port=0", "--reversestring=true", *FAST_GROUPS, *extra,
+        args = ["--server.port=0", "--reversestring=true", f"--spring.cloud.stream.kafka.binder.client={client}",
+                *FAST_GROUPS, *extra,
                 *(f"--spring.cloud.stream.bindings.{key}={value}" for key, value in bindings.items())]
-        return App(SCRIPTS[kind], args, {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": self.broker.bootstrap},
+        return App(str(root / SCRIPTS[kind]), args, {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": self.broker.bootstrap},
                    self.workdir / f"{group}.log")
 
     # -- the measurements ---------------------------------------------------------------------------
-    def run_app(self, kind: str, source: str) -> tuple[float, float]:
+    def run_app(self, kind: str, source: str, client: str = DEFAULT, root: Path = ROOT) -> tuple[float, float]:
         """Throughput of one app instance over the prepared input, and its peak RSS in MB."""
         if kind == "router":
             sinks = {"even": self.sink(), "odd": self.sink()}
@@ -115,7 +125,7 @@ class Bench:
         else:
             sinks = {"output": self.sink()}
             outputs = {sinks["output"]: RECORDS}
-        app = self.app(kind, source, sinks, self.name("group"))
+        app = self.app(kind, source, sinks, self.name("group"), client=client, root=root)
         try:
             rate = self.throughput(outputs)
             rss = _peak_rss_mb(app.process.pid)
@@ -124,9 +134,9 @@ class Bench:
             app.kill()
         return rate, rss
 
-    def run_script(self, script: str, source: str) -> float:
+    def run_script(self, script: str, source: str, python: Path | str = sys.executable) -> float:
         sink = self.sink()
-        return self.run_process([sys.executable, str(ROOT / "bench" / script), self.broker.bootstrap, source, sink,
+        return self.run_process([str(python), str(ROOT / "bench" / script), self.broker.bootstrap, source, sink,
                                  str(RECORDS)], sink)
 
     def run_kcat_pipe(self, source: str) -> float:
@@ -159,10 +169,10 @@ class Bench:
             for app in apps:
                 app.stop()
 
-    def run_latency(self, *extra: str) -> list[float]:
+    def run_latency(self, *extra: str, client: str = DEFAULT) -> list[float]:
         """Milliseconds from produce to consumed output, at LATENCY_RATE records/s through the processor."""
         source, sink = self.create(self.name("in"), 1), self.sink()
-        app = self.app("processor", source, {"output": sink}, self.name("group"), *extra)
+        app = self.app("processor", source, {"output": sink}, self.name("group"), *extra, client=client)
         consumer = KafkaConsumer(bootstrap_servers=self.broker.bootstrap, group_id=None, enable_auto_commit=False,
                                  fetch_max_wait_ms=5)
         try:
@@ -254,27 +264,40 @@ def measure() -> dict[str, Any]:
             source = bench.create(bench.name("input"))
             bench.produce(source)
             results: dict[str, list[float]] = {}
-            rss: list[float] = []
+            rss: dict[str, list[float]] = {}
 
             def repeat(name: str, run: Callable[[], float]) -> None:
+                if ONLY and name not in ONLY:
+                    return
                 results[name] = []
                 for rep in range(REPS):
                     results[name].append(run())
                     print(f"  {name} #{rep + 1}: {results[name][-1]:,.0f} records/s", flush=True)
 
-            def processor() -> float:
-                rate, peak = bench.run_app("processor", source)
-                rss.append(peak)
-                return rate
+            def app(kind: str, client: str, root: Path = ROOT) -> Callable[[], float]:
+                def run() -> float:
+                    rate, peak = bench.run_app(kind, source, client, root)
+                    if kind == "processor" and root == ROOT:
+                        rss.setdefault(client, []).append(peak)
+                    return rate
+                return run
 
             repeat("kcat pipe", lambda: bench.run_kcat_pipe(source))
-            repeat("client limit", lambda: bench.run_script("client_limit.py", source))
-            repeat("processor", processor)
-            repeat("router", lambda: bench.run_app("router", source)[0])
-            repeat("naive seed loop", lambda: bench.run_script("naive.py", source))
+            repeat("librdkafka bare loop", lambda: bench.run_script("librdkafka_bare.py", source))
+            repeat("librdkafka at-least-once loop", lambda: bench.run_script("librdkafka_at_least_once.py", source))
+            repeat("kafka-python bare loop", lambda: bench.run_script("kafka_python_bare.py", source))
+            repeat("kafka-python at-least-once loop",
+                   lambda: bench.run_script("kafka_python_at_least_once.py", source))
+            for client in CLIENTS:
+                repeat(f"processor ({client})", app("processor", client))
+                if BASELINE is not None:
+                    repeat(f"processor ({client}), baseline", app("processor", client, BASELINE))
+            for client in CLIENTS:
+                repeat(f"router ({client})", app("router", client))
+            repeat("naive seed loop (as shipped)", lambda: bench.run_script("naive.py", source, SEED_PYTHON))
             repeat("scale-out, 1 instance", lambda: bench.run_scale_out(1))
             repeat("scale-out, 2 instances", lambda: bench.run_scale_out(2))
-            latencies = sorted(bench.run_latency(TUNED_FETCH_WAIT))
+            latency = {client: sorted(bench.run_latency(TUNED_FETCH_WAIT, client=client)) for client in CLIENTS}
             default_latencies = sorted(bench.run_latency())
             startups = [bench.run_startup() for _ in range(REPS)]
         finally:
@@ -284,12 +307,13 @@ def measure() -> dict[str, Any]:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "records": RECORDS, "record_bytes": 100, "repetitions": REPS, "partitions": PARTITIONS,
         "throughput": {name: summary(runs) for name, runs in results.items()},
-        "latency_ms": {"rate": LATENCY_RATE, "records": len(latencies), "setting": TUNED_FETCH_WAIT,
-                       "p50": _percentile(latencies, 50), "p99": _percentile(latencies, 99), "max": latencies[-1]},
+        "latency_ms": {client: {"rate": LATENCY_RATE, "records": len(found), "setting": TUNED_FETCH_WAIT,
+                                "p50": _percentile(found, 50), "p99": _percentile(found, 99), "max": found[-1]}
+                       for client, found in latency.items()},
         "latency_default_ms": {"rate": LATENCY_RATE, "records": len(default_latencies),
                                "p50": _percentile(default_latencies, 50), "p99": _percentile(default_latencies, 99),
                                "max": default_latencies[-1]},
-        "peak_rss_mb": summary(rss),
+        "peak_rss_mb": {client: summary(peaks) for client, peaks in rss.items()},
         "startup_s": summary(startups),
         "image_mb": _image_sizes(),
     }
@@ -299,23 +323,38 @@ def _percentile(values: list[float], pct: float) -> float:
     return values[min(len(values) - 1, round(pct / 100 * (len(values) - 1)))]
 
 
-# name, measured value, comparison, target: reported against, never asserted.
-def targets(r: dict[str, Any]) -> list[tuple[str, float, str, float]]:
+# name, measured value, comparison, target (None: reported only): reported against, never asserted.
+def targets(r: dict[str, Any]) -> list[tuple[str, float, str, float | None]]:
     t = {name: v["median"] for name, v in r["throughput"].items()}
-    return [
-        ("processor / client limit", t["processor"] / t["client limit"], ">=", 0.9),
-        ("processor / naive seed loop", t["processor"] / t["naive seed loop"], ">=", 2.5),
-        ("1 instance / kcat pipe", t["processor"] / t["kcat pipe"], ">=", 0.3),
-        ("2 instances / kcat pipe", t["scale-out, 2 instances"] / t["kcat pipe"], ">=", 0.55),
-        ("2 instances / 1 instance", t["scale-out, 2 instances"] / t["scale-out, 1 instance"], ">=", 1.7),
-        ("p99 latency at 100 records/s (ms)", r["latency_ms"]["p99"], "<=", 20),
-        ("peak RSS of the processor (MB)", r["peak_rss_mb"]["max"], "<=", 50),
-        ("start-up to health UP (s)", r["startup_s"]["median"], "<=", 1),
-    ]
+    found: list[tuple[str, float, str, float | None]] = []
+
+    def ratio(name: str, top: str, bottom: str, comparison: str, goal: float | None) -> None:
+        if top in t and bottom in t:
+            found.append((name, t[top] / t[bottom], comparison, goal))
+
+    ratio("processor (librdkafka) / librdkafka at-least-once loop", "processor (librdkafka)",
+          "librdkafka at-least-once loop", ">=", 0.8)
+    ratio("router (librdkafka) / librdkafka at-least-once loop", "router (librdkafka)",
+          "librdkafka at-least-once loop", ">=", 0.7)
+    ratio("processor (librdkafka) / librdkafka bare loop", "processor (librdkafka)", "librdkafka bare loop",
+          ">=", None)
+    ratio("processor (kafka-python) / kafka-python at-least-once loop", "processor (kafka-python)",
+          "kafka-python at-least-once loop", ">=", 0.9)
+    ratio("processor (kafka-python) / kafka-python bare loop", "processor (kafka-python)", "kafka-python bare loop",
+          ">=", 0.6)
+    ratio("processor (librdkafka) / naive seed loop (as shipped)", "processor (librdkafka)",
+          "naive seed loop (as shipped)", ">=", 5)
+    ratio("2 instances / 1 instance", "scale-out, 2 instances", "scale-out, 1 instance", ">=", 1.5)
+    for client, latency in r["latency_ms"].items():
+        found.append((f"p99 latency at 100 records/s, {client} (ms)", latency["p99"], "<=", 20))
+    for client, peaks in r["peak_rss_mb"].items():
+        found.append((f"peak RSS of the processor, {client} (MB)", peaks["max"], "<=", 50))
+    found.append(("start-up to health UP (s)", r["startup_s"]["median"], "<=", 0.5))
+    return found
 
 
-def met(value: float, comparison: str, target: float) -> bool:
-    return value >= target if comparison == ">=" else value <= target
+def met(value: float, comparison: str, target: float | None) -> bool:
+    return target is None or (value >= target if comparison == ">=" else value <= target)
 
 
 def markdown(r: dict[str, Any], notes: dict[str, str]) -> str:
@@ -326,15 +365,19 @@ def markdown(r: dict[str, Any], notes: dict[str, str]) -> str:
              "| run | min records/s | median | max |", "|---|---:|---:|---:|"]
     for name, v in r["throughput"].items():
         lines.append(f"| {name} | {v['min']:,.0f} | {v['median']:,.0f} | {v['max']:,.0f} |")
-    lat, dflt, rss, start = r["latency_ms"], r["latency_default_ms"], r["peak_rss_mb"], r["startup_s"]
-    lines += ["", f"Latency through the processor at {lat['rate']} records/s, produce to output consumed "
-              f"({lat['records']} records), with `fetch.max.wait.ms=10`: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} "
-              f"ms, max {lat['max']:.1f} ms; with the default 500 ms: p50 {dflt['p50']:.1f} ms, p99 {dflt['p99']:.1f} "
-              f"ms, max {dflt['max']:.1f} ms (see the notes).",
-              f"Peak RSS of the processor: {rss['min']:.0f} / {rss['median']:.0f} / {rss['max']:.0f} MB "
-              "(min / median / max).",
-              f"Start-up, exec to `/actuator/health` UP: {start['min']:.2f} / {start['median']:.2f} / "
-              f"{start['max']:.2f} s."]
+    dflt, start = r["latency_default_ms"], r["startup_s"]
+    lines += [""]
+    for client, lat in r["latency_ms"].items():
+        lines.append(f"Latency through the processor on {client} at {lat['rate']} records/s, produce to output "
+                     f"consumed ({lat['records']} records), with `fetch.max.wait.ms=10`: p50 {lat['p50']:.1f} ms, "
+                     f"p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms.")
+    lines.append(f"With the default fetch wait (500 ms) on {DEFAULT}: p50 {dflt['p50']:.1f} ms, p99 {dflt['p99']:.1f} "
+                 f"ms, max {dflt['max']:.1f} ms (see the notes).")
+    for client, rss in r["peak_rss_mb"].items():
+        lines.append(f"Peak RSS of the processor on {client}: {rss['min']:.0f} / {rss['median']:.0f} / "
+                     f"{rss['max']:.0f} MB (min / median / max).")
+    lines.append(f"Start-up, exec to `/actuator/health` UP ({DEFAULT}): {start['min']:.2f} / {start['median']:.2f} / "
+                 f"{start['max']:.2f} s.")
     if r["image_mb"]:
         lines.append("Image sizes (on the test tier's Debian stand-in base, not the real slim one): "
                      + ", ".join(f"{name} {size:.0f} MB" for name, size in r["image_mb"].items()) + ".")
@@ -342,8 +385,8 @@ def markdown(r: dict[str, Any], notes: dict[str, str]) -> str:
         lines.append("Image sizes: no images built on this machine (`make test` builds them).")
     lines += ["", "## Targets", "", "| target | measured | goal | |", "|---|---:|---:|---|"]
     for name, value, comparison, goal in targets(r):
-        verdict = "met" if met(value, comparison, goal) else "MISSED"
-        lines.append(f"| {name} | {value:.2f} | {comparison} {goal} | {verdict} |")
+        verdict = "reported" if goal is None else "met" if met(value, comparison, goal) else "MISSED"
+        lines.append(f"| {name} | {value:.2f} | {'' if goal is None else f'{comparison} {goal}'} | {verdict} |")
     missed = [name for name, value, comparison, goal in targets(r) if not met(value, comparison, goal)]
     if missed:
         lines += ["", "## Why a target is missed", ""]
@@ -381,7 +424,7 @@ def main() -> int:
             return 1
     results = measure()
     notes = json.loads((ROOT / "bench" / "notes.json").read_text())
-    results["targets"] = [{"name": n, "measured": v, "goal": f"{c} {g}", "met": met(v, c, g)}
+    results["targets"] = [{"name": n, "measured": v, "goal": None if g is None else f"{c} {g}", "met": met(v, c, g)}
                           for n, v, c, g in targets(results)]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -33,7 +33,7 @@ def metadata(recipe: str) -> dict[str, Any]:
         bindings = ["input"] if ".consumer." in prefix else outputs
         for name in sorted({prefix.replace("<binding>", b) for b in bindings}):
             entries.append({"name": name.removesuffix(".<key>"), "type": _MAP,
-                            "description": "Kafka client settings passed through to kafka-python."})
+                            "description": "Kafka client settings passed through to librdkafka or kafka-python."})
     return {"groups": [], "properties": entries, "hints": hints}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SHARED_FIXTURES
-from devkit.docs import DOCS, render
+from devkit.docs import DOCS, render, render_keys
 from devkit.metadata import LABEL, render_dockerfile
 from devkit.properties import RECIPES, recipe_properties
 from util.arguments import canonical
@@ -25,6 +25,12 @@ def test_readme_property_tables_are_generated_from_the_code(recipe: str) -> None
         text = (ROOT / name).read_text()
         assert f"<!-- properties:{recipe} -->" in text, name
         assert render(text, recipe) == text, f"{name} is stale: run `make docs`"
+
+
+def test_readme_kafka_key_table_is_generated_from_the_transport() -> None:
+    text = (ROOT / "README.md").read_text()
+    assert "<!-- kafka-keys -->" in text
+    assert render_keys(text) == text, "README.md is stale: run `make docs`"
 
 
 @pytest.mark.parametrize("recipe", sorted(DOCS))

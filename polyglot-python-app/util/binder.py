@@ -21,9 +21,10 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -46,7 +47,7 @@ from .bindings import (
     too_few_partitions,
 )
 from .bindings import PROPERTIES as BINDING_PROPERTIES
-from .headers import HeaderError, content_type, header_text, is_text, outbound_headers
+from .headers import HeaderError, header_text, inbound_content_type, is_text, outbound_headers
 from .partitions import java_bytes_hash, java_string_hash, select_partition
 from .transport import Consumer, Producer, open_client
 
@@ -61,8 +62,7 @@ TIMESTAMP_TYPES = {0: b"CreateTime", 1: b"LogAppendTime"}  # Java's TimestampTyp
 TP = tuple[str, int]  # a (topic, partition)
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     """What the app's function sees and returns: payload bytes, inbound headers, content type."""
 
     payload: bytes
@@ -74,7 +74,7 @@ class Message:
         return self.payload.decode("utf-8")
 
     def with_payload(self, payload: bytes, content_type: str | None = None) -> Message:
-        return replace(self, payload=payload, content_type=content_type or self.content_type)
+        return Message(payload, self.headers, content_type or self.content_type)
 
 
 # Kafka client settings pass through under these prefixes (``<key>`` is a Kafka client key).
@@ -176,7 +176,8 @@ class Binder:
     def __init__(self, properties: Properties, handler: Handler, options: Mapping[str, Any],
                  source: InputBinding, outputs: Mapping[str, OutputBinding], metrics: Metrics,
                  tombstones: str | None = None) -> None:
-        self.properties, self.handler, self.options = properties, handler, options
+        self.properties, self.options = properties, options
+        self.handler = partial(handler, **options)
         self.source, self.outputs, self.metrics = source, outputs, metrics
         self.tombstones = tombstones  # the output a tombstone passes to unchanged; None: its error path
         self.stop = threading.Event()
@@ -189,6 +190,8 @@ class Binder:
         self.producers: dict[str, Producer] = {}
         self.partition_counts: dict[str, int] = {}
         self.sent = {name: metrics.sent.labels(name) for name in outputs}
+        self._sent = dict.fromkeys(outputs, 0)  # records sent in this batch, per output: counted once per batch
+        self._irregular = False  # a record of this batch failed or was dead-lettered: every send is settled
         self.stalled: dict[TP, Stalled] = {}
         self._pauses: dict[TP, float] = {}  # the last back-off of a partition that keeps stalling
         # A record whose retries its batch had no time for: attempts made, and when the next one is due.
@@ -291,7 +294,7 @@ class Binder:
         self._until = started + self._budget
         done: dict[TP, list[Delivery]] = {}
         rewinds: dict[TP, tuple[int, Exception | None]] = {}
-        partitions = list(batch)
+        partitions = [tp for tp in batch if tp not in self.stalled]  # a paused partition's late records come again
         for index, tp in enumerate(partitions):
             deliveries = done[tp] = []
             try:
@@ -308,22 +311,25 @@ class Binder:
                 break
             finally:
                 self.metrics.received.inc(len(deliveries))
+        for name, count in self._sent.items():
+            if count:
+                self.sent[name].inc(count)
+                self._sent[name] = 0
         held, refused = self._complete(done, self._until + self._budget / 2)
         for tp, (offset, error) in refused.items():
             rewinds[tp] = min(rewinds.get(tp, (offset, error)), (offset, error), key=lambda r: r[0])
-        self._advance(batch, held, rewinds)
+        self._advance({tp: batch[tp] for tp in partitions}, held, rewinds)
 
     def _deliver(self, record: Any) -> Delivery:
         """Send the function's output of one record, retrying the function; its dead-letter copy when it gives up."""
         if record.value is None and self.tombstones is None:
             return self._give_up(record, TombstoneError("a tombstone (null value): this app has no output for it"),
                                  attempts=0)
-        where = (record.topic, record.partition, record.offset)
-        made, not_before = self._attempts.pop(where, (0, 0.0)) if self._attempts else (0, 0.0)
+        made, not_before = self._attempts.pop(_key(record), (0, 0.0)) if self._attempts else (0, 0.0)
         for attempt in range(made + 1, self.source.max_attempts + 1):
             if not_before and (pause := not_before - time.monotonic()) > 0 and (
                     time.monotonic() + pause > self._until or self.stop.wait(pause)):
-                self._attempts[where] = (attempt - 1, not_before)  # the next batch goes on from here
+                self._attempts[_key(record)] = (attempt - 1, not_before)  # the next batch goes on from here
                 raise _InterruptedError(record.offset)
             try:
                 output, value, headers, partition, key = self._prepare(record)
@@ -343,19 +349,19 @@ class Binder:
                 if self.client.about_the_record(error):
                     return self._give_up(record, error, attempts=attempt)
                 raise _RewindError(record.offset, error) from None
-            self.sent[output.name].inc()
+            self._sent[output.name] += 1
             return Delivery(record, future)
         return self._give_up(record, RuntimeError("no attempt left"), attempts=made)  # maxAttempts lowered meanwhile
 
     def _prepare(self, record: Any) -> tuple[OutputBinding, bytes | None, Any, int | None, Any]:
         """The function's output of a record: binding, value, headers, partition and key to send."""
-        headers = record.headers if self.source.headers else ()
-        media = content_type(headers, self.source.content_type)
+        headers = tuple(record.headers) if self.source.headers else ()
+        media = inbound_content_type(headers, self.source.content_type)
         if record.value is None:  # a tombstone passes through, keyed as it came: its key is what it deletes
             output, payload, out_headers = self.outputs[self.tombstones], None, headers
             key = record.key
         else:
-            name, out = self.handler(Message(record.value, headers, media), **self.options)
+            name, out = self.handler(Message(record.value, headers, media))
             if name not in self.outputs:
                 raise ValueError(f"the function returned unknown output binding '{name}'")
             output, payload, out_headers, media, key = (self.outputs[name], out.payload, out.headers,
@@ -381,6 +387,7 @@ class Binder:
 
     def _give_up(self, record: Any, error: Exception, attempts: int | None = None) -> Delivery:
         """The record failed for good (counted once): its dead-letter copy, or a skip."""
+        self._irregular = True
         self.metrics.failed.inc()
         attempts = self.source.max_attempts if attempts is None else attempts
         reason = f"{type(error).__name__}: {error}"
@@ -402,6 +409,7 @@ class Binder:
             trace = self._dlq_limit - _size(record, headers) - 512
         headers.append(("x-exception-stacktrace", _stack_trace(cause, trace)))
         copy = Delivery(record, cause=cause, trace=trace)
+        self._irregular = True
         try:
             producer = self.producers["dlq"]
             topic = self.source.dlq_topic(record.topic)
@@ -423,6 +431,10 @@ class Binder:
         rewinds: dict[TP, tuple[int, Exception]] = {}
         while pending:
             self._flush(until)
+            settled = [producer.settled() for producer in self.producers.values()]
+            if all(settled) and not self._irregular:
+                break  # every send acknowledged, none refused: no handle needs reading
+            self._irregular = False
             again: dict[TP, list[Delivery]] = {}
             for tp, deliveries in pending.items():
                 for sent in deliveries:
@@ -557,6 +569,10 @@ class Binder:
 
 def _names(partitions: Sequence[TP]) -> str:
     return ", ".join(f"{topic}-{partition}" for topic, partition in sorted(partitions))
+
+
+def _key(record: Any) -> tuple[str, int, int]:
+    return record.topic, record.partition, record.offset
 
 
 def _where(record: Any) -> str:

@@ -68,6 +68,17 @@ def content_type(headers: Headers, default: str) -> str:
     return header_text(headers, ORIGINAL_CONTENT_TYPE) or header_text(headers, CONTENT_TYPE) or default
 
 
+def inbound_content_type(headers: tuple[tuple[str, bytes | None], ...], default: str) -> str:
+    """``content_type`` of a record's headers as a tuple, cached: records of one producer mostly share them."""
+    return _content_type(headers, default) if headers else default
+
+
+@lru_cache(maxsize=512)
+def _content_type(headers: tuple[tuple[str, bytes | None], ...], default: str) -> str:
+    return content_type(headers, default)
+
+
+@lru_cache(maxsize=64)
 def is_text(media_type: str) -> bool:
     """``text/*`` and any JSON type are UTF-8 text, as the Spring log sink reads them."""
     kind = media_type.split(";", 1)[0].strip().lower()

@@ -22,6 +22,8 @@ from .bindings import InputBinding, input_properties
 
 log = logging.getLogger(__name__)
 client_log = logging.getLogger("librdkafka")
+_probe_log = logging.getLogger("librdkafka.probe")  # silent: the clients made only to find a refused setting
+_probe_log.disabled = True
 
 NAME = "librdkafka"
 TP = tuple[str, int]
@@ -42,7 +44,7 @@ PRODUCER_DEFAULTS = {"message.max.bytes": 1 << 20, "linger.ms": 5}
 # for several polled batches ahead at full speed, within the binder's memory target. See the README.
 CONSUMER_DEFAULTS = {"queued.max.messages.kbytes": 4096, "queued.min.messages": 5000}
 # Java keys that librdkafka spells differently.
-_RENAMED = {"fetch.max.wait.ms": "fetch.wait.max.ms", "max.request.size": "message.max.bytes",
+RENAMED = {"fetch.max.wait.ms": "fetch.wait.max.ms", "max.request.size": "message.max.bytes",
             "receive.buffer.bytes": "socket.receive.buffer.bytes", "send.buffer.bytes": "socket.send.buffer.bytes",
             "ssl.truststore.location": "ssl.ca.location", "ssl.truststore.certificates": "ssl.ca.pem",
             "ssl.keystore.certificate.chain": "ssl.certificate.pem", "ssl.keystore.key": "ssl.key.pem",
@@ -56,7 +58,7 @@ JAVA_ONLY = frozenset({"max.block.ms", "default.api.timeout.ms", "interceptor.cl
                        "ssl.keystore.password", "auto.include.jmx.reporter", "enable.metrics.push",
                        "sasl.login.class"})
 # Java-only keys whose silent omission would weaken security: refused at start, but for Java's default.
-_WEAKENING = {
+WEAKENING = {
     "ssl.enabled.protocols": (None, "librdkafka takes the TLS versions from OpenSSL's configuration"),
     "ssl.protocol": ("TLSv1.3", "librdkafka takes the TLS version from OpenSSL's configuration"),
     "ssl.cipher.suites": (None, "librdkafka names cipher suites as OpenSSL does, not by their Java names"),
@@ -358,7 +360,19 @@ def _create(kind: Callable[[dict[str, Any]], Any], settings: dict[str, Any]) -> 
                 log.warning("Kafka property '%s' is not supported by librdkafka and is ignored", unknown)
                 del settings[unknown]
                 continue
-            raise ConfigError(f"Kafka client settings refused by librdkafka: {text}") from None
+            culprit = _culprit(kind, settings)
+            raise ConfigError(f"Kafka client settings refused by librdkafka{culprit}: {text}") from None
+
+
+def _culprit(kind: Callable[[dict[str, Any]], Any], settings: dict[str, Any]) -> str:
+    """`` (property 'x')`` for the one setting librdkafka refuses alone (its message names its own alias)."""
+    base = {key: settings[key] for key in ("bootstrap.servers", "group.id") if key in settings}
+    for key, value in settings.items():
+        try:
+            kind({**base, key: value, "logger": _probe_log})
+        except KafkaException:
+            return f" (Kafka property '{key}')"
+    return ""
 
 
 _last_error: list[str] = [""]
@@ -421,8 +435,8 @@ def translate(kafka: Mapping[str, str]) -> dict[str, Any]:
             settings[key] = _assignors(value)
         elif key == "security.protocol":
             settings[key] = value.strip().lower()
-        elif key in _WEAKENING:
-            harmless, why = _WEAKENING[key]
+        elif key in WEAKENING:
+            harmless, why = WEAKENING[key]
             if value.strip() != harmless:
                 raise kafka_config.refuse(key, why)
         elif key in kafka_config.MANAGED:
@@ -430,7 +444,7 @@ def translate(kafka: Mapping[str, str]) -> dict[str, Any]:
         elif key in JAVA_ONLY:
             log.warning("Kafka property '%s' has no librdkafka meaning and is ignored", key)
         else:
-            settings[_RENAMED.get(key, key)] = value.strip()
+            settings[RENAMED.get(key, key)] = value.strip()
     return settings
 
 

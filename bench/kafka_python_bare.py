@@ -1,6 +1,6 @@
-"""The client's limit: the leanest kafka-python consume-produce loop (no processing, no commits, big batches).
+"""kafka-python's limit: the leanest consume, reverse, produce loop (no headers, no commits, big batches).
 
-    python client_limit.py BOOTSTRAP INPUT OUTPUT COUNT
+    python kafka_python_bare.py BOOTSTRAP INPUT OUTPUT COUNT
 """
 
 import sys
@@ -19,7 +19,7 @@ def main(bootstrap: str, source: str, sink: str, count: int) -> None:
     while done < count:
         for records in consumer.poll(timeout_ms=500, max_records=5000).values():
             for record in records:
-                producer.send(sink, record.value)
+                producer.send(sink, record.value[::-1])
             done += len(records)
     producer.flush()
     producer.close()

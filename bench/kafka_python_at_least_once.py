@@ -1,0 +1,37 @@
+"""kafka-python at-least-once: the bare loop plus the Spring headers, a flush and a synchronous commit per 500.
+
+    python kafka_python_at_least_once.py BOOTSTRAP INPUT OUTPUT COUNT
+
+The reference for the processor on kafka-python: the same guarantees and headers, no binder.
+"""
+
+import sys
+
+from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata
+
+HEADERS = [("contentType", b'"text/plain"'), ("spring_json_header_types", b'{"contentType":"java.lang.String"}')]
+
+
+def main(bootstrap: str, source: str, sink: str, count: int) -> None:
+    consumer = KafkaConsumer(source, bootstrap_servers=bootstrap, group_id=f"bench-alo-{sink}",
+                             enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=6000,
+                             heartbeat_interval_ms=2000)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, enable_idempotence=False, linger_ms=5,
+                             batch_size=128 << 10)
+    done = 0
+    while done < count:
+        batch = consumer.poll(timeout_ms=500, max_records=500)
+        for records in batch.values():
+            for record in records:
+                dict(record.headers)  # read the inbound headers, as a binder does
+                producer.send(sink, record.value[::-1], headers=HEADERS)
+            done += len(records)
+        if batch:
+            producer.flush()
+            consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "", -1) for tp, records in batch.items()})
+    producer.close()
+    consumer.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))

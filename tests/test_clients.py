@@ -1,0 +1,110 @@
+"""The librdkafka transport's settings and verdicts, and the choice of client (no broker needed)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from util import kafka_python, librdkafka
+from util.arguments import ConfigError, Properties
+from util.bindings import resolve_input
+from util.transport import open_client
+
+CONFIG = "--spring.cloud.stream.kafka.binder.configuration"
+BINDING = ["--spring.cloud.stream.bindings.input.destination=t", "--spring.cloud.stream.bindings.input.group=g"]
+
+
+def test_java_keys_keep_their_names_or_are_translated_for_librdkafka(tmp_path: Path) -> None:
+    ca, keystore = tmp_path / "ca.pem", tmp_path / "client.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    keystore.write_text("-----BEGIN CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\n")
+    args = [*BINDING, f"{CONFIG}.max.poll.records=10",
+            "--spring.cloud.stream.kafka.binder.consumerProperties.max.poll.records=20",
+            "--spring.cloud.stream.kafka.bindings.input.consumer.configuration.max.poll.records=30",
+            f"{CONFIG}.security.protocol=SASL_SSL", f"{CONFIG}.sasl.mechanism=SCRAM-SHA-512",
+            f'{CONFIG}.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required '
+            'username="app" password="p@ss\\"w=rd";',
+            f"{CONFIG}.ssl.truststore.location={ca}", f"{CONFIG}.ssl.keystore.location=file:{keystore}",
+            f"{CONFIG}.ssl.truststore.password=changeit", f"{CONFIG}.fetch.max.wait.ms=10",
+            f"{CONFIG}.queued.max.messages.kbytes=65536"]
+    props = Properties(args, {})
+    consumer = librdkafka.consumer_settings(props, resolve_input(props))
+    assert consumer["max.poll.records"] == 30
+    assert (consumer["security.protocol"], consumer["sasl.mechanisms"]) == ("sasl_ssl", "SCRAM-SHA-512")
+    assert (consumer["sasl.username"], consumer["sasl.password"]) == ("app", 'p@ss"w=rd')
+    assert consumer["ssl.ca.location"] == str(ca)
+    assert consumer["ssl.certificate.location"] == consumer["ssl.key.location"] == str(keystore)
+    assert "ssl.truststore.password" not in consumer  # PEM files need none
+    assert consumer["fetch.wait.max.ms"] == "10"
+    assert consumer["queued.max.messages.kbytes"] == "65536"  # librdkafka's own keys pass as they are
+    assert (consumer["group.id"], consumer["enable.auto.commit"], consumer["auto.offset.reset"]) == (
+        "g", False, "earliest")
+    producer = librdkafka.client_settings(Properties([], {}), "output", "producer")
+    assert (producer["acks"], producer["enable.idempotence"], producer["message.max.bytes"]) == ("1", False, 1 << 20)
+    assert producer["delivery.report.only.error"] is True
+    all_acks = librdkafka.client_settings(Properties(["--spring.cloud.stream.kafka.binder.requiredAcks=-1"], {}),
+                                          "output", "producer")
+    assert (all_acks["acks"], all_acks["enable.idempotence"]) == ("all", True)
+
+
+@pytest.mark.parametrize("transport", [librdkafka, kafka_python], ids=["librdkafka", "kafka-python"])
+@pytest.mark.parametrize("setting", ["ssl.enabled.protocols=TLSv1.3", "ssl.cipher.suites=TLS_AES_256_GCM_SHA384",
+                                     "ssl.trustmanager.algorithm=PinningTrustManager",
+                                     "sasl.login.callback.handler.class=com.example.OAuthHandler"])
+def test_security_settings_a_client_cannot_honour_stop_the_app(transport: object, setting: str) -> None:
+    props = Properties([f"{CONFIG}.{setting}"], {})
+    with pytest.raises(ConfigError, match=rf"'{re.escape(setting.split('=')[0])}'.*weaken"):
+        transport.client_settings(props, "input", "consumer")  # type: ignore[attr-defined]
+
+
+def test_a_jks_store_is_a_clear_error_on_librdkafka_too(tmp_path: Path) -> None:
+    store = tmp_path / "truststore.jks"
+    store.write_bytes(b"\xfe\xed\xfe\xed")
+    with pytest.raises(ConfigError, match="not a PEM file"):
+        librdkafka.client_settings(Properties([f"{CONFIG}.ssl.truststore.location={store}"], {}), "input",
+                                   "consumer")
+
+
+def test_unknown_keys_are_a_warning_and_bad_values_name_their_key(caplog: pytest.LogCaptureFixture) -> None:
+    settings = librdkafka.client_settings(Properties([f"{CONFIG}.no.such.key=1", f"{CONFIG}.max.block.ms=5"], {}),
+                                          "output", "producer")
+    with caplog.at_level(logging.WARNING):
+        producer = librdkafka.Producer(settings)
+    producer.close()
+    assert "Kafka property 'no.such.key' is not supported by librdkafka and is ignored" in caplog.text
+    assert "Kafka property 'max.block.ms' has no librdkafka meaning and is ignored" in caplog.text
+    bad = librdkafka.client_settings(Properties([f"{CONFIG}.linger.ms=soon"], {}), "output", "producer")
+    with pytest.raises(ConfigError, match=r"linger\.ms"):
+        librdkafka.Producer(bad)
+
+
+def test_a_small_fetch_max_bytes_lowers_the_consumer_record_limit_as_librdkafka_requires() -> None:
+    props = Properties([*BINDING, "--spring.cloud.stream.kafka.binder.consumerProperties.fetch.max.bytes=100000"], {})
+    assert librdkafka.consumer_settings(props, resolve_input(props))["message.max.bytes"] == 100_000
+
+
+def test_librdkafka_refusals_about_the_record_take_its_error_path_and_the_brokers_rewind() -> None:
+    def refusal(code: int) -> KafkaException:
+        return KafkaException(KafkaError(code))
+
+    about = [librdkafka.about_the_record(e) for e in (
+        refusal(KafkaError.MSG_SIZE_TOO_LARGE), refusal(KafkaError.INVALID_RECORD), TypeError("a header"))]
+    assert about == [True, True, True]
+    broker = [librdkafka.about_the_record(e) for e in (
+        refusal(KafkaError.TOPIC_AUTHORIZATION_FAILED), refusal(KafkaError._MSG_TIMED_OUT),
+        refusal(KafkaError._QUEUE_FULL), BufferError("queue full"))]
+    assert broker == [False, False, False, False]
+    assert librdkafka.too_large(refusal(KafkaError.MSG_SIZE_TOO_LARGE))
+    assert not librdkafka.too_large(refusal(KafkaError.INVALID_RECORD))
+
+
+def test_the_client_property_picks_the_transport() -> None:
+    assert open_client(Properties([], {})).name == "librdkafka"
+    chosen = open_client(Properties(["--spring.cloud.stream.kafka.binder.client=kafka-python"], {}))
+    assert chosen.name == "kafka-python"
+    with pytest.raises(ConfigError, match=r"spring\.cloud\.stream\.kafka\.binder\.client"):
+        open_client(Properties(["--spring.cloud.stream.kafka.binder.client=java"], {}))
