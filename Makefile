@@ -18,8 +18,9 @@ BUILD_FLAGS ?=
 demo: $(STAMP)
 	$(PY) -m devkit.demo
 
+# Three workers: most tests wait on brokers and group joins, not on the CPU; each worker starts its own servers.
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 3
 
 # The fault and abuse suite (also part of `make test`, with a 20 s soak) with a 5-minute soak per stream app:
 # about 16 minutes on 2 cores; writes faults/results/latest.md.

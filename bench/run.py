@@ -4,7 +4,8 @@ Everything runs in one go on one embedded Tansu broker and writes ``bench/result
 Throughput is read off the output records' own timestamps (first to last), so start-up and group joins
 are not counted. Environment: ``BENCH_RECORDS`` (200000) and ``BENCH_REPS`` (3) shrink a trial run;
 ``BENCH_ONLY`` (comma list of row names) runs only those rows; ``BENCH_BASELINE`` (another checkout, say a
-``git worktree`` of the previous commit) adds its processor on each client to the same run, side by side.
+``git worktree`` of the previous commit) adds its processor on each client to the same run, side by side;
+``BENCH_PROFILE`` (a folder) records each app run with py-spy into it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ RECORDS = int(os.environ.get("BENCH_RECORDS", "200000"))
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 ONLY = {name.strip() for name in os.environ.get("BENCH_ONLY", "").split(",") if name.strip()}
 BASELINE = Path(os.environ["BENCH_BASELINE"]).resolve() if os.environ.get("BENCH_BASELINE") else None
+PROFILE = Path(os.environ["BENCH_PROFILE"]).resolve() if os.environ.get("BENCH_PROFILE") else None
 CLIENTS = ("librdkafka", "kafka-python")
 DEFAULT = CLIENTS[0]
 # The seed's loop as it shipped: kafka-python from PyPI without crc32c, in a venv of its own (`make bench`).
@@ -125,13 +127,17 @@ class Bench:
         else:
             sinks = {"output": self.sink()}
             outputs = {sinks["output"]: RECORDS}
-        app = self.app(kind, source, sinks, self.name("group"), client=client, root=root)
+        group = self.name("group")
+        app = self.app(kind, source, sinks, group, client=client, root=root)
+        spy = _profile(app.process.pid, f"{kind}-{client}-{'baseline' if root != ROOT else 'head'}-{group}")
         try:
             rate = self.throughput(outputs)
             rss = _peak_rss_mb(app.process.pid)
             app.stop()
         finally:
             app.kill()
+            if spy is not None:
+                spy.wait(30)
         return rate, rss
 
     def run_script(self, script: str, source: str, python: Path | str = sys.executable) -> float:
@@ -219,6 +225,16 @@ def _paced_producer(bootstrap: str, topic: str) -> None:
     producer.close(10)
 
 
+def _profile(pid: int, name: str) -> subprocess.Popen | None:
+    """py-spy recording the app's main thread into PROFILE, as flame-graph text (folded stacks)."""
+    if PROFILE is None:
+        return None
+    PROFILE.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+                             "--format", "raw", "--rate", "250", "--output", str(PROFILE / f"{name}.txt")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def _latest_assignment(app: App) -> str:
     lines = [line for line in app.log.splitlines() if "Partitions assigned:" in line]
     return lines[-1] if lines else ""
@@ -291,7 +307,7 @@ def measure() -> dict[str, Any]:
             for client in CLIENTS:
                 repeat(f"processor ({client})", app("processor", client))
                 if BASELINE is not None:
-                    repeat(f"processor ({client}), baseline", app("processor", client, BASELINE))
+                    repeat(f"processor ({client}) @ baseline", app("processor", client, BASELINE))
             for client in CLIENTS:
                 repeat(f"router ({client})", app("router", client))
             repeat("naive seed loop (as shipped)", lambda: bench.run_script("naive.py", source, SEED_PYTHON))

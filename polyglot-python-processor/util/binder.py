@@ -74,7 +74,10 @@ class Message(NamedTuple):
         return self.payload.decode("utf-8")
 
     def with_payload(self, payload: bytes, content_type: str | None = None) -> Message:
-        return Message(payload, self.headers, content_type or self.content_type)
+        return _new(Message, (payload, self.headers, content_type or self.content_type))
+
+
+_new = tuple.__new__  # builds a Message in C, without its Python __new__: twice a record, on the hot path
 
 
 # Kafka client settings pass through under these prefixes (``<key>`` is a Kafka client key).
@@ -343,8 +346,7 @@ class Binder:
                           error, delay)
                 continue
             try:
-                future = self.producers[output.name].send(output.destination, value=value, key=key,
-                                                          headers=headers, partition=partition)
+                future = self.producers[output.name].send(output.destination, value, key, headers, partition)
             except Exception as error:  # noqa: BLE001 - no refusal ends the loop: settled as an asynchronous one
                 if self.client.about_the_record(error):
                     return self._give_up(record, error, attempts=attempt)
@@ -361,7 +363,7 @@ class Binder:
             output, payload, out_headers = self.outputs[self.tombstones], None, headers
             key = record.key
         else:
-            name, out = self.handler(Message(record.value, headers, media))
+            name, out = self.handler(_new(Message, (record.value, headers, media)))
             if name not in self.outputs:
                 raise ValueError(f"the function returned unknown output binding '{name}'")
             output, payload, out_headers, media, key = (self.outputs[name], out.payload, out.headers,
