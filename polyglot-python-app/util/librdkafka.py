@@ -272,9 +272,13 @@ class Consumer:
         return "; ".join(f"{tp.topic}-{tp.partition}: {tp.error.str()}" for tp in failed) or None
 
     def seek(self, tp: TP, offset: int) -> None:
+        """Rewind a partition; one revoked meanwhile is its new owner's. Any other failure stops the app: going
+        on would skip the records it rewinds to, which a later commit would then pass."""
         try:
             self._consumer.seek(TopicPartition(tp[0], tp[1], offset))
-        except KafkaException as failure:  # not assigned any more (revoked meanwhile): its new owner goes on
+        except KafkaException as failure:
+            if any((p.topic, p.partition) == tp for p in self._consumer.assignment()):
+                raise
             log.debug("Seek of %s-%d skipped: %s", *tp, failure)
 
     def pause(self, tp: TP) -> None:

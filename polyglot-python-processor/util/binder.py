@@ -11,6 +11,7 @@ until it moves again. No batch outlives ``max.poll.interval.ms``: the group neve
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -278,6 +279,11 @@ class Binder:
     def run(self) -> None:
         assert self.consumer is not None
         self.state = "running"
+        # Every record allocates a few short-lived tuples and lists, freed by reference counting: the cyclic
+        # collector's default (a pass every 700 allocations) spent a third of the loop on them. What start-up
+        # built is frozen out of its passes; young objects are collected every 10,000 allocations instead.
+        gc.freeze()
+        gc.set_threshold(10_000, 50, 100)
         while not self.stop.is_set():
             self._restart_stalled()
             batch = self.consumer.poll(self._poll_timeout())
