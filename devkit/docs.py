@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import sys
 
@@ -58,9 +59,30 @@ def render_keys(text: str) -> str:
     return KEYS_BLOCK.sub(lambda _: f"<!-- kafka-keys -->\n{kafka_keys_table()}<!-- /kafka-keys -->", text)
 
 
+BENCH_BLOCK = re.compile(r"<!-- bench -->\n.*?<!-- /bench -->", re.S)
+
+
+def bench_table() -> str:
+    """The README's figures from the latest `make bench` (bench/results/latest.json)."""
+    results = json.loads((ROOT / "bench" / "results" / "latest.json").read_text())
+    rows = [f"Latest run: {results['when'][:10]}, {results['records']:,} records of {results['record_bytes']} bytes, "
+            f"{results['machine']['cpus']} CPUs, medians of {results['repetitions']}.", "",
+            "| run | records/s |", "|---|---:|"]
+    rows += [f"| {name} | {run['median']:,.0f} |" for name, run in results["throughput"].items()]
+    rows += ["", "| target | measured | goal | |", "|---|---:|---:|---|"]
+    for target in results["targets"]:
+        verdict = "reported" if target["goal"] is None else "met" if target["met"] else "missed"
+        rows.append(f"| {target['name']} | {target['measured']:.2f} | {target['goal'] or ''} | {verdict} |")
+    return "\n".join(rows) + "\n"
+
+
+def render_bench(text: str) -> str:
+    return BENCH_BLOCK.sub(lambda _: f"<!-- bench -->\n{bench_table()}<!-- /bench -->", text)
+
+
 def main() -> int:
     readme = ROOT / "README.md"
-    readme.write_text(render_keys(readme.read_text()))
+    readme.write_text(render_bench(render_keys(readme.read_text())))
     for recipe, files in DOCS.items():
         for name in files:
             path = ROOT / name

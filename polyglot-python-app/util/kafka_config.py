@@ -8,11 +8,14 @@ whose omission would weaken security.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from .arguments import ConfigError, Properties, Property
+
+log = logging.getLogger(__name__)
 
 BINDER = "spring.cloud.stream.kafka.binder"
 BROKERS = Property(f"{BINDER}.brokers", str, "localhost:9092",
@@ -83,10 +86,19 @@ def required_acks(properties: Properties, kafka: Mapping[str, str]) -> str:
     return acks(properties.get(REQUIRED_ACKS), REQUIRED_ACKS.name)
 
 
-def refuse(key: str, why: str) -> ConfigError:
-    """The start-up error of a key the client cannot honour and whose omission would weaken security."""
-    return ConfigError(f"Kafka property '{key}' cannot be honoured ({why}), and leaving it out would "
-                       "weaken the connection's security: remove it or use a broker listener without it")
+def withheld(key: str, value: str, weakening: Mapping[str, tuple[str | None, str]]) -> bool:
+    """True for a key the binder keeps from the client: one it sets itself (a warning), or one the client
+    cannot honour at its harmless value. One whose omission would weaken security stops the app."""
+    if key in weakening:
+        harmless, why = weakening[key]
+        if value.strip() != harmless:
+            raise ConfigError(f"Kafka property '{key}' cannot be honoured ({why}), and leaving it out would "
+                              "weaken the connection's security: remove it or use a broker listener without it")
+        return True
+    if key in MANAGED:
+        log.warning("Kafka property '%s' is ignored: the binder sets it itself", key)
+        return True
+    return False
 
 
 def jaas_credentials(value: str) -> tuple[str, str]:

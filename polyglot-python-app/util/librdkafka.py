@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
 from . import kafka_config
 from .arguments import ConfigError, Properties
-from .bindings import InputBinding, input_properties
+from .bindings import InputBinding, start_offset
 
 log = logging.getLogger(__name__)
 client_log = logging.getLogger("librdkafka")
@@ -43,8 +43,8 @@ PRODUCER_DEFAULTS = {"message.max.bytes": 1 << 20, "linger.ms": 5}
 # The consumer's prefetch. librdkafka's defaults queue up to 100,000 records a partition (or 64 MiB) and,
 # once over that, wait 1 s before fetching again: a small queue topped up every 5 ms keeps the loop fed at
 # full speed in a fraction of the memory (measured in `make bench`; see the README).
-CONSUMER_DEFAULTS = {"queued.min.messages": 2000, "queued.max.messages.kbytes": 2048, "fetch.queue.backoff.ms": 5,
-                     "max.partition.fetch.bytes": 256 << 10}
+CONSUMER_DEFAULTS = {"queued.min.messages": 1000, "queued.max.messages.kbytes": 1024, "fetch.queue.backoff.ms": 5,
+                     "max.partition.fetch.bytes": 128 << 10}
 # Java keys that librdkafka spells differently.
 RENAMED = {"fetch.max.wait.ms": "fetch.wait.max.ms", "max.request.size": "message.max.bytes",
             "receive.buffer.bytes": "socket.receive.buffer.bytes", "send.buffer.bytes": "socket.send.buffer.bytes",
@@ -459,12 +459,8 @@ def translate(kafka: Mapping[str, str]) -> dict[str, Any]:
             settings[key] = _assignors(value)
         elif key == "security.protocol":
             settings[key] = value.strip().lower()
-        elif key in WEAKENING:
-            harmless, why = WEAKENING[key]
-            if value.strip() != harmless:
-                raise kafka_config.refuse(key, why)
-        elif key in kafka_config.MANAGED:
-            log.warning("Kafka property '%s' is ignored: the binder sets it itself", key)
+        elif kafka_config.withheld(key, value, WEAKENING):
+            continue
         elif key in JAVA_ONLY:
             log.warning("Kafka property '%s' has no librdkafka meaning and is ignored", key)
         else:
@@ -491,8 +487,6 @@ def _assignors(value: str) -> str:
 def consumer_settings(properties: Properties, binding: InputBinding) -> dict[str, Any]:
     """librdkafka consumer settings: pass-through settings, then the group rules the binder enforces."""
     settings = client_settings(properties, "input", "consumer")
-    settings.setdefault("auto.offset.reset", binding.start_offset)
-    if properties.raw(input_properties()["start_offset"].name):
-        settings["auto.offset.reset"] = binding.start_offset
-    settings.update({"group.id": binding.group, "enable.auto.commit": False})
+    settings.update({"auto.offset.reset": start_offset(properties, binding, settings.get("auto.offset.reset")),
+                     "group.id": binding.group, "enable.auto.commit": False})
     return settings

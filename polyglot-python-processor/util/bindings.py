@@ -31,6 +31,14 @@ PROPERTIES = (STREAM_NAME, APP_LABEL, INSTANCE_INDEX, INSTANCE_COUNT, AUTO_CREAT
 _HEADER_KEY = re.compile(r"""^headers(?:\[\s*['"]([^'"]+)['"]\s*\]|\.(\w+))$""")
 
 
+def start_offset(properties: Properties, binding: InputBinding, configured: str | None) -> str:
+    """Where the group starts without committed offsets: ``...consumer.startOffset`` when set, else a
+    pass-through ``auto.offset.reset``, else the binding's default (earliest with a group, latest without)."""
+    if configured is None or properties.raw(input_properties()["start_offset"].name):
+        return binding.start_offset
+    return configured
+
+
 def _binding(binding: str, key: str, *args: Any, **kwargs: Any) -> Property:
     return Property(f"spring.cloud.stream.bindings.{binding}.{key}", *args, **kwargs)
 

@@ -28,7 +28,7 @@ from kafka.serializer import Serializer
 
 from . import kafka_config
 from .arguments import ConfigError, Properties
-from .bindings import InputBinding, input_properties
+from .bindings import InputBinding, start_offset
 
 log = logging.getLogger(__name__)
 
@@ -245,10 +245,8 @@ class _Admin:
 def consumer_settings(properties: Properties, binding: InputBinding) -> dict[str, Any]:
     """kafka-python consumer arguments: pass-through settings, then the group rules the binder enforces."""
     settings = client_settings(properties, "input", "consumer")
-    settings.setdefault("auto_offset_reset", binding.start_offset)
-    if properties.raw(input_properties()["start_offset"].name):
-        settings["auto_offset_reset"] = binding.start_offset
-    settings.update(group_id=binding.group, enable_auto_commit=False)
+    settings.update(auto_offset_reset=start_offset(properties, binding, settings.get("auto_offset_reset")),
+                    group_id=binding.group, enable_auto_commit=False)
     return settings
 
 
@@ -292,12 +290,8 @@ def translate(kafka: Mapping[str, str], role: str) -> dict[str, Any]:
             continue  # read with the binder's requiredAcks
         elif key == "partition.assignment.strategy":
             settings["partition_assignment_strategy"] = _assignors(value)
-        elif key in _WEAKENING:
-            harmless, why = _WEAKENING[key]
-            if value.strip() != harmless:
-                raise kafka_config.refuse(key, why)
-        elif key in kafka_config.MANAGED:
-            log.warning("Kafka property '%s' is ignored: the binder sets it itself", key)
+        elif kafka_config.withheld(key, value, _WEAKENING):
+            continue
         elif name in defaults:
             settings[name] = _typed(key, value, defaults[name])
         else:
