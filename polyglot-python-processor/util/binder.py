@@ -180,7 +180,7 @@ class Binder:
     def __init__(self, properties: Properties, handler: Handler, options: Mapping[str, Any],
                  source: InputBinding, outputs: Mapping[str, OutputBinding], metrics: Metrics,
                  tombstones: str | None = None) -> None:
-        self.properties, self.options = properties, options
+        self.properties = properties
         self.handler = partial(handler, **options)
         self.source, self.outputs, self.metrics = source, outputs, metrics
         self.tombstones = tombstones  # the output a tombstone passes to unchanged; None: its error path
@@ -210,7 +210,7 @@ class Binder:
 
     def delivery_check(self) -> str | None:
         """DOWN while a partition is paused because the broker refuses its sends or dead-letter copies."""
-        stalled = sorted(list(self.stalled.items()))
+        stalled = sorted(self.stalled.items(), key=lambda item: item[0])
         return "; ".join(f"{topic}-{partition} stalled at offset {s.resume if not s.copies else _first(s)}: "
                          f"{s.reason}" for (topic, partition), s in stalled) or None
 

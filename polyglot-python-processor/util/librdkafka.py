@@ -145,25 +145,17 @@ class Producer:
         batch = self._batch
         sent = _Sent(batch)
         batch.sends += 1
-        try:
-            self._produce(topic, value, key, partition=-1 if partition is None else partition,
-                          on_delivery=sent.report, headers=headers)
-        except BufferError:  # the local queue is full: wait for room, as Java's send blocks up to max.block.ms
-            self._send_when_room(topic, value, key, headers, partition, sent)
-        return sent
-
-    def _send_when_room(self, topic: str, value: bytes | None, key: bytes | None, headers: Any,
-                        partition: int | None, sent: _Sent) -> None:
-        deadline = time.monotonic() + 30
+        deadline = 0.0
         while True:
-            self._producer.poll(0.1)
             try:
                 self._produce(topic, value, key, partition=-1 if partition is None else partition,
                               on_delivery=sent.report, headers=headers)
-                return
-            except BufferError:
+                return sent
+            except BufferError:  # the local queue is full: wait for room, as Java's send blocks up to max.block.ms
+                deadline = deadline or time.monotonic() + 30
                 if time.monotonic() > deadline:
                     raise KafkaException(KafkaError(KafkaError._QUEUE_FULL, "the producer queue stayed full")) from None
+                self._producer.poll(0.1)
 
     def flush(self, seconds: float) -> bool:
         if self._producer.flush(seconds):
@@ -310,6 +302,8 @@ def _metadata(client: Any, topic: str | None = None, seconds: float = 10) -> dic
         except KafkaException as failure:
             if failure.args[0].code() not in _UNANSWERED or time.monotonic() > deadline:
                 raise
+            if not isinstance(client, _Consumer):  # its log lines (why no broker answers) now, not at exit
+                client.poll(0)
 
 
 class Client:
