@@ -13,6 +13,9 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
 from .waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,14 +70,15 @@ class App:
     def json(self, path: str) -> dict:
         return json.loads(self.get(path)[1])
 
-    def metric(self, name: str, **labels: str) -> float:
-        """A sample's value from ``/actuator/prometheus`` (0 when absent)."""
-        selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        wanted = f"{name}{{{selector}}}" if selector else name
-        for line in self.get("/actuator/prometheus")[1].splitlines():
-            if line.startswith(wanted + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+    def metric(self, name: str, /, **labels: str) -> float:
+        """The sum of the samples named ``name`` from ``/actuator/prometheus`` that carry ``labels`` (0: none)."""
+        return sum(sample.value for sample in self.samples(name) if labels.items() <= sample.labels.items())
+
+    def samples(self, name: str) -> list[Sample]:
+        """Every sample named ``name`` on ``/actuator/prometheus``, with all its labels."""
+        text = self.get("/actuator/prometheus")[1]
+        return [sample for family in text_string_to_metric_families(text) for sample in family.samples
+                if sample.name == name]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         """Send ``sig`` and wait for the exit code; kill after ``timeout`` s."""

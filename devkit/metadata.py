@@ -14,6 +14,7 @@ from .properties import RECIPES, recipe_properties
 LABEL = "org.springframework.cloud.dataflow.spring-configuration-metadata.json"
 _JAVA = {bool: "java.lang.Boolean", int: "java.lang.Integer", float: "java.lang.Double", str: "java.lang.String"}
 _MAP = "java.util.Map<java.lang.String,java.lang.String>"
+_JAVA[dict] = _MAP
 
 
 def metadata(recipe: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {"processor": ("polyglot-python-processor", "python_processor", ("output",)),
            "router": ("polyglot-python-app", "python_router_app", ("even", "odd")),
            "task": ("polyglot-python-task", "python_task", None)}
-_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "map"}
 
 
 def recipe_properties(recipe: str) -> tuple[list[Any], tuple[str, ...]]:

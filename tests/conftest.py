@@ -34,6 +34,8 @@ from devkit.topics import read_topic  # noqa: E402
 
 STREAM_APPS = {"processor": ("polyglot-python-processor/python_processor.py", ("output",)),
                "router": ("polyglot-python-app/python_router_app.py", ("even", "odd"))}
+# The other two shapes, as a user writes them (tests/steps, run on the processor's util).
+STEPS = {"source": ("tests/steps/python_source.py", ("output",)), "sink": ("tests/steps/python_sink.py", ())}
 # Tansu takes half the session timeout to complete a group join: keep it short in tests.
 FAST_GROUPS = ("--spring.cloud.stream.kafka.binder.consumerProperties.session.timeout.ms=6000",
                "--spring.cloud.stream.kafka.binder.consumerProperties.heartbeat.interval.ms=2000")
@@ -137,8 +139,11 @@ def start_app(tmp_path: Path) -> Iterator[Callable[..., App]]:
     """Start recipe scripts; every process still running at the end of the test is killed."""
     started: list[App] = []
 
-    def start(script: str, args: Sequence[str] = (), env: dict[str, str] | None = None) -> App:
-        app = App(script, args, env, tmp_path / f"app-{len(started)}.log")
+    def start(script: str, args: Sequence[str] = (), env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> App:
+        if script.startswith("tests/steps/"):
+            env = {"PYTHONPATH": str(ROOT / "polyglot-python-processor"), **(env or {})}
+        app = App(script, args, env, tmp_path / f"app-{len(started)}.log", cwd=cwd)
         started.append(app)
         return app
 
@@ -162,14 +167,14 @@ def start_stream_app(broker: Tansu, start_app: Callable[..., App], names: Callab
     """
 
     def start(kind: str, source: str | None, sinks: dict[str, str | None], *extra: str, group: str | None = GROUP,
-              env: dict[str, str] | None = None) -> App:
+              env: dict[str, str] | None = None, cwd: Path | None = None) -> App:
         group = names("s") if group == GROUP else group
         args = ["--server.port=0", client_arg(client), *FAST_GROUPS, *extra]
         bindings = {"input.destination": source, "input.group": group,
                     **{f"{name}.destination": topic for name, topic in sinks.items()}}
         args += [f"--spring.cloud.stream.bindings.{key}={value}" for key, value in bindings.items() if value]
         environ = {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": broker.bootstrap, **(env or {})}
-        return start_app(STREAM_APPS[kind][0], args, environ)
+        return start_app({**STREAM_APPS, **STEPS}[kind][0], args, environ, cwd)
 
     return start
 

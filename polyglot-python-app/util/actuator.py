@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .arguments import ConfigError, Properties, Property
 
@@ -55,8 +55,8 @@ class Actuator:
     """Health (all checks), liveness (the ``live`` checks), readiness (all), info and metrics."""
 
     def __init__(self, checks: Mapping[str, Check], live: tuple[str, ...], info: Callable[[], dict],
-                 registry: CollectorRegistry) -> None:
-        self.checks, self.live, self.info, self.registry = checks, live, info, registry
+                 metrics: Callable[[], bytes]) -> None:
+        self.checks, self.live, self.info, self.metrics = checks, live, info, metrics
         self.port = 0
         self._server: _Server | None = None
 
@@ -112,7 +112,7 @@ def _handler(actuator: Actuator) -> type[BaseHTTPRequestHandler]:
             elif path == "/actuator/info":
                 status, body = HTTPStatus.OK, actuator.info()
             elif path == "/actuator/prometheus":
-                self._send(HTTPStatus.OK, generate_latest(actuator.registry), CONTENT_TYPE_LATEST, send_body)
+                self._send(HTTPStatus.OK, actuator.metrics(), CONTENT_TYPE_LATEST, send_body)
                 return
             else:
                 status, body = HTTPStatus.NOT_FOUND, {"status": 404, "error": "Not Found", "path": path}

@@ -27,12 +27,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-
 from . import kafka_config, logs
 from .actuator import PROPERTIES as ACTUATOR_PROPERTIES
 from .actuator import Actuator
-from .arguments import ConfigError, Properties, Property
+from .arguments import CONFIG_PROPERTIES, ConfigError, Properties, Property
 from .bindings import (
     APP_LABEL,
     INSTANCE_COUNT,
@@ -49,6 +47,8 @@ from .bindings import (
 )
 from .bindings import PROPERTIES as BINDING_PROPERTIES
 from .headers import HeaderError, header_text, inbound_content_type, is_text, outbound_headers
+from .metrics import ERROR_CHANNEL, Metrics, common_tags
+from .metrics import PROPERTIES as METRICS_PROPERTIES
 from .partitions import java_bytes_hash, java_string_hash, select_partition
 from .transport import Consumer, Producer, open_client
 
@@ -58,9 +58,10 @@ POLL_TIMEOUT_MS = 1000  # how long an idle poll waits: bounds how late a SIGTERM
 SHUTDOWN_SECONDS = 8.0  # the drain's budget after SIGTERM, inside Kubernetes' and Spring's 10 s
 PAUSE_FIRST, PAUSE_LONGEST = 1.0, 30.0  # a stalled partition's back-off, doubling in between (s)
 COMMON_PROPERTIES: tuple[Property, ...] = (*kafka_config.PROPERTIES, *BINDING_PROPERTIES, *ACTUATOR_PROPERTIES,
-                                           *logs.PROPERTIES)
+                                           *METRICS_PROPERTIES, *logs.PROPERTIES, *CONFIG_PROPERTIES)
 TIMESTAMP_TYPES = {0: b"CreateTime", 1: b"LogAppendTime"}  # Java's TimestampType names; -1 is NoTimestampType
 TP = tuple[str, int]  # a (topic, partition)
+INPUT = "input"  # the input binding, and its channel's name in the metrics
 
 
 class Message(NamedTuple):
@@ -97,8 +98,8 @@ def app_properties(outputs: Sequence[str], options: Mapping[str, Property],
     return [*options.values(), *bindings, *COMMON_PROPERTIES]
 
 
-# The app's function: a message in, the output binding's name and the message to send out.
-Handler = Callable[..., tuple[str, Message]]
+# The app's function: a message in, the output binding's name and the message to send out (None: nothing).
+Handler = Callable[..., tuple[str, Message] | None]
 
 
 class _InterruptedError(Exception):
@@ -155,25 +156,6 @@ class Stalled:
     copies: list[Delivery] = field(default_factory=list)  # oldest first: they must reach the DLQ before it moves
 
 
-class Metrics:
-    """Prometheus counters of one app, in its own registry."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.received = Counter("polyglot_records_received", "Records consumed from the input binding.",
-                                ["binding"], registry=self.registry).labels("input")
-        self.sent = Counter("polyglot_records_sent", "Records produced, per output binding.", ["binding"],
-                            registry=self.registry)
-        self.failed = Counter("polyglot_records_failed", "Records that failed every attempt.", ["binding"],
-                              registry=self.registry).labels("input")
-        self.dead_lettered = Counter("polyglot_records_dead_lettered",
-                                     "Records the dead-letter topic acknowledged.", ["binding"],
-                                     registry=self.registry).labels("input")
-        self.batch_seconds = Histogram("polyglot_batch_processing_seconds",
-                                       "Time to process, send, flush and commit one polled batch.",
-                                       registry=self.registry)
-
-
 class Binder:
     """One app's consumer, producers and loop."""
 
@@ -195,6 +177,9 @@ class Binder:
         self.partition_counts: dict[str, int] = {}
         self.sent = {name: metrics.sent.labels(name) for name in outputs}
         self._sent = dict.fromkeys(outputs, 0)  # records sent in this batch, per output: counted once per batch
+        self._send_seconds = dict.fromkeys(outputs, 0.0)  # and the time their sends took
+        self._given_up = 0  # records of this batch that failed for good
+        self.channels = metrics.channels
         self._irregular = False  # a record of this batch failed or was dead-lettered: every send is settled
         self.stalled: dict[TP, Stalled] = {}
         self._pauses: dict[TP, float] = {}  # the last back-off of a partition that keeps stalling
@@ -239,15 +224,7 @@ class Binder:
             INSTANCE_COUNT.name if self.source.concurrency == 1 else
             f"{INSTANCE_COUNT.name}' x '{input_properties()['concurrency'].name}")
         topics = {d: (needed, asked_by) for d in self.source.destinations}
-        topics.update({o.destination: (o.partition_count, _count_property(o)) for o in self.outputs.values()})
-        provision(self.properties, self.client, topics)
-        for output in self.outputs.values():
-            self.producers[output.name] = producer = self.client.producer(output.name)
-            found = producer.partition_count(output.destination)
-            if found < output.partition_count:  # as Spring: the topic must have what partitionCount asks
-                raise ConfigError(too_few_partitions(output.destination, output.partition_count, found,
-                                                     _count_property(output)))
-            self.partition_counts[output.destination] = found
+        self._open_outputs(topics)
         if self.source.dlq:
             self.producers["dlq"] = dlq = self.client.producer(None, carries=self.source)
             self._dlq_limit = dlq.max_request_size
@@ -262,7 +239,19 @@ class Binder:
         origin = f"(from {self.source.group_from})" if self.source.group_from else "(no group set: anonymous)"
         log.info("Consuming %s as group '%s' %s starting at %s with %s; producing to %s",
                  ",".join(self.source.destinations), self.source.group, origin, start, self.client.name,
-                 ", ".join(f"{o.name}={o.destination}" for o in self.outputs.values()))
+                 ", ".join(f"{o.name}={o.destination}" for o in self.outputs.values()) or "nothing (a sink)")
+
+    def _open_outputs(self, topics: dict[str, tuple[int, str | None]]) -> None:
+        """Provision ``topics`` and the outputs' topics; a producer per output binding."""
+        topics.update({o.destination: (o.partition_count, _count_property(o)) for o in self.outputs.values()})
+        provision(self.properties, self.client, topics)
+        for output in self.outputs.values():
+            self.producers[output.name] = producer = self.client.producer(output.name)
+            found = producer.partition_count(output.destination)
+            if found < output.partition_count:  # as Spring: the topic must have what partitionCount asks
+                raise ConfigError(too_few_partitions(output.destination, output.partition_count, found,
+                                                     _count_property(output)))
+            self.partition_counts[output.destination] = found
 
     def _static_assignment(self) -> list[TP]:
         index, count = self.properties.get(INSTANCE_INDEX), self.properties.get(INSTANCE_COUNT)
@@ -304,6 +293,7 @@ class Binder:
         done: dict[TP, list[Delivery]] = {}
         rewinds: dict[TP, tuple[int, Exception | None]] = {}
         partitions = [tp for tp in batch if tp not in self.stalled]  # a paused partition's late records come again
+        handled, clock, self._given_up = 0, time.perf_counter(), 0
         for index, tp in enumerate(partitions):
             deliveries = done[tp] = []
             try:
@@ -320,10 +310,15 @@ class Binder:
                 break
             finally:
                 self.metrics.received.inc(len(deliveries))
+                handled += len(deliveries)
+        if handled > self._given_up:  # the input channel's sends that returned (Micrometer's timer)
+            self.channels.send(INPUT, handled - self._given_up, time.perf_counter() - clock)
         for name, count in self._sent.items():
             if count:
                 self.sent[name].inc(count)
+                self.channels.send(name, count, self._send_seconds[name])
                 self._sent[name] = 0
+                self._send_seconds[name] = 0.0
         held, refused = self._complete(done, self._until + self._budget / 2)
         for tp, (offset, error) in refused.items():
             rewinds[tp] = min(rewinds.get(tp, (offset, error)), (offset, error), key=lambda r: r[0])
@@ -341,8 +336,9 @@ class Binder:
                 self._attempts[_key(record)] = (attempt - 1, not_before)  # the next batch goes on from here
                 raise _InterruptedError(record.offset)
             try:
-                output, value, headers, partition, key = self._prepare(record)
+                prepared = self._prepare(record)
             except Exception as error:  # noqa: BLE001 - whatever the function raises takes the error path
+                self.channels.send(INPUT, 1, 0.0, error)
                 if attempt == self.source.max_attempts:
                     return self._give_up(record, error)
                 initial, multiplier, longest = self.source.back_off
@@ -351,25 +347,35 @@ class Binder:
                 log.debug("Record %s failed (attempt %d): %s; retrying in %.1f s", _where(record), attempt,
                           error, delay)
                 continue
+            if prepared is None:  # a sink's function returned: nothing to send
+                return Delivery(record)
+            output, value, headers, partition, key = prepared
+            clock = time.perf_counter()
             try:
                 future = self.producers[output.name].send(output.destination, value, key, headers, partition)
             except Exception as error:  # noqa: BLE001 - no refusal ends the loop: settled as an asynchronous one
+                self.channels.send(output.name, 1, time.perf_counter() - clock, error)
+                self.channels.send(INPUT, 1, 0.0, error)
                 if self.client.about_the_record(error):
-                    return self._give_up(record, error, attempts=attempt)
+                    return self._give_up(record, error, attempts=attempt, counted=True)
                 raise _RewindError(record.offset, error) from None
+            self._send_seconds[output.name] += time.perf_counter() - clock
             self._sent[output.name] += 1
             return Delivery(record, future)
         return self._give_up(record, RuntimeError("no attempt left"), attempts=made)  # maxAttempts lowered meanwhile
 
-    def _prepare(self, record: Any) -> tuple[OutputBinding, bytes | None, Any, int | None, Any]:
-        """The function's output of a record: binding, value, headers, partition and key to send."""
+    def _prepare(self, record: Any) -> tuple[OutputBinding, bytes | None, Any, int | None, Any] | None:
+        """The function's output of a record: binding, value, headers, partition and key to send (None: none)."""
         headers = tuple(record.headers) if self.source.headers else ()
         media = inbound_content_type(headers, self.source.content_type)
         if record.value is None:  # a tombstone passes through, keyed as it came: its key is what it deletes
             output, payload, out_headers = self.outputs[self.tombstones], None, headers
             key = record.key
         else:
-            name, out = self.handler(_new(Message, (record.value, headers, media)))
+            result = self.handler(_new(Message, (record.value, headers, media)))
+            if result is None and not self.outputs:
+                return None
+            name, out = result
             if name not in self.outputs:
                 raise ValueError(f"the function returned unknown output binding '{name}'")
             output, payload, out_headers, media, key = (self.outputs[name], out.payload, out.headers,
@@ -393,10 +399,18 @@ class Binder:
             raise HeaderError(f"partition key header '{output.partition_key}' is missing")
         return select_partition(java_string_hash(key), count)
 
-    def _give_up(self, record: Any, error: Exception, attempts: int | None = None) -> Delivery:
-        """The record failed for good (counted once): its dead-letter copy, or a skip."""
+    def _give_up(self, record: Any, error: Exception, attempts: int | None = None, counted: bool = False) -> Delivery:
+        """The record failed for good (counted once): its dead-letter copy, or a skip.
+
+        As in Spring, the failure is sent to the error channel; ``counted``: the input channel's failed
+        send was counted already (a failure the function raised is counted with its attempt).
+        """
         self._irregular = True
+        self._given_up += 1
         self.metrics.failed.inc()
+        self.channels.send(ERROR_CHANNEL, 1, 0.0)
+        if attempts == 0 and not counted:  # refused before the function ran (a tombstone)
+            self.channels.send(INPUT, 1, 0.0, error)
         attempts = self.source.max_attempts if attempts is None else attempts
         reason = f"{type(error).__name__}: {error}"
         if not self.source.dlq:
@@ -631,7 +645,7 @@ def _dlq_headers(record: Any, error: BaseException) -> list[tuple[str, bytes]]:
 
 
 def run_app(handler: Handler, outputs: Sequence[str], options: Mapping[str, Property] | None = None,
-            group_fallback: Property | None = None, tombstones: str | None = None) -> None:
+            group_fallback: Property | None = None, tombstones: str | None = None, app_type: str = "app") -> None:
     """Run an app with one input and the named output bindings until SIGTERM; exit non-zero on failure.
 
     ``options`` maps the function's keyword arguments to the app's own properties; without an input
@@ -639,19 +653,58 @@ def run_app(handler: Handler, outputs: Sequence[str], options: Mapping[str, Prop
     A tombstone (a record with a null value) passes unchanged to the ``tombstones`` output, without
     calling the function; with none, it takes the record's error path at once.
     """
+    def create(properties: Properties, values: dict[str, Any], metrics: Metrics) -> Binder:
+        source = resolve_input(properties, group_fallback)
+        sinks = {name: resolve_output(properties, name) for name in outputs}
+        return Binder(properties, handler, values, source, sinks, metrics, tombstones)
+
+    _serve(create, options or {}, app_type)
+
+
+def run_processor(transform: Callable[..., Message], options: Mapping[str, Property] | None = None) -> None:
+    """A processor: ``transform(message, **options) -> message`` from ``input`` to ``output``."""
+    run_app(lambda message, **kw: ("output", transform(message, **kw)), ("output",), options or {},
+            tombstones="output", app_type="processor")  # as Spring's processors: a tombstone passes through
+
+
+def run_sink(consume: Callable[..., object], options: Mapping[str, Property] | None = None,
+             group_fallback: Property | None = None) -> None:
+    """A sink: ``consume(message, **options)`` for each record of ``input``; its offset is committed after it
+    returned. What it raises is retried, then dead-lettered or skipped, as in a processor."""
+    def handle(message: Message, **kw: Any) -> None:
+        consume(message, **kw)
+
+    run_app(handle, (), options, group_fallback, app_type="sink")
+
+
+def run_source(supply: Callable[..., Message | str | bytes | None],
+               options: Mapping[str, Property] | None = None) -> None:
+    """A source: ``supply(**options)`` is polled (``spring.integration.poller.*``); what it returns goes to
+    ``output`` (None: nothing this time; text is sent as ``text/plain``, bytes as they are)."""
+    from .source import Source, poller
+
+    def create(properties: Properties, values: dict[str, Any], metrics: Metrics) -> Binder:
+        return Source(properties, supply, values, {"output": resolve_output(properties, "output")}, metrics,
+                      poller(properties))
+
+    _serve(create, options or {}, "source")
+
+
+def _serve(create: Callable[[Properties, dict[str, Any], Metrics], Binder], options: Mapping[str, Property],
+        app_type: str) -> None:
+    """Read the properties, start the actuator, connect and loop until SIGTERM; exit non-zero on failure."""
     logs.start_logging()
-    options = options or {}
     try:
         properties = Properties()
         logs.configure_logging(properties)
+        if properties.files:
+            log.info("Properties read from %s", ", ".join(map(str, properties.files)))
         values = {name: properties.get(prop) for name, prop in options.items()}
-        source = resolve_input(properties, group_fallback)
-        sinks = {name: resolve_output(properties, name) for name in outputs}
-        metrics = Metrics()
-        binder = Binder(properties, handler, values, source, sinks, metrics, tombstones)
+        metrics = Metrics(common_tags(properties, app_type))
+        binder = create(properties, values, metrics)
         actuator = Actuator({"binder": binder.loop_check, "broker": binder.broker_check,
                              "delivery": binder.delivery_check}, ("binder",),
-                            lambda: _info(properties, source, sinks, options, values), metrics.registry)
+                            lambda: _info(properties, binder, options, values), metrics.exposition)
         actuator.start(properties)
     except ConfigError as error:
         log.error("Configuration error: %s", error)
@@ -677,23 +730,19 @@ def run_app(handler: Handler, outputs: Sequence[str], options: Mapping[str, Prop
     log.info("Stopped cleanly")
 
 
-def run_processor(transform: Callable[..., Message], options: Mapping[str, Property] | None = None) -> None:
-    """A processor: ``transform(message, **options) -> message`` from ``input`` to ``output``."""
-    run_app(lambda message, **kw: ("output", transform(message, **kw)), ("output",), options or {},
-            tombstones="output")  # as Spring's processors: a tombstone passes through
-
-
-def _info(properties: Properties, source: InputBinding, sinks: Mapping[str, OutputBinding],
-          options: Mapping[str, Property], values: Mapping[str, Any]) -> dict[str, Any]:
-    """``/actuator/info``: names and bindings only; no property that could hold a secret."""
+def _info(properties: Properties, binder: Binder, options: Mapping[str, Property],
+          values: Mapping[str, Any]) -> dict[str, Any]:
+    """``/actuator/info``: names, bindings and config files only; no property that could hold a secret."""
+    source, bindings = binder.source, {}
+    if source is not None:
+        bindings["input"] = {"destination": ",".join(source.destinations), "group": source.group,
+                             "anonymous": source.anonymous, "startOffset": source.start_offset, "dlq": source.dlq}
+    bindings.update({name: {"destination": sink.destination, "partitionKey": sink.partition_key,
+                            "partitionCount": sink.partition_count} for name, sink in binder.outputs.items()})
     return {
         "app": {"name": Path(sys.argv[0]).stem, "version": os.environ.get("APP_VERSION", "dev")},
         "stream": {"name": properties.get(STREAM_NAME), "label": properties.get(APP_LABEL)},
-        "bindings": {
-            "input": {"destination": ",".join(source.destinations), "group": source.group,
-                      "anonymous": source.anonymous, "startOffset": source.start_offset, "dlq": source.dlq},
-            **{name: {"destination": sink.destination, "partitionKey": sink.partition_key,
-                      "partitionCount": sink.partition_count} for name, sink in sinks.items()},
-        },
+        "bindings": bindings,
+        "config": {"files": [str(path) for path in properties.files]},
         "properties": {prop.name: values[name] for name, prop in options.items() if not prop.secret},
     }

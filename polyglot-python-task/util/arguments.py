@@ -1,23 +1,26 @@
 """Where every property is read: Spring Boot's sources, precedence and relaxed names.
 
 Precedence: command-line ``--key=value`` > ``SPRING_APPLICATION_JSON`` > environment
-variables (``SPRING_CLOUD_STREAM_BINDINGS_INPUT_DESTINATION`` or dotted names) > defaults.
-Names are compared relaxed: case-insensitive, ``-`` and ``_`` ignored inside a segment.
+variables (``SPRING_CLOUD_STREAM_BINDINGS_INPUT_DESTINATION`` or dotted names) > config files
+(``application.properties`` and YAML, see ``config_files``) > defaults. Names are compared relaxed:
+case-insensitive, ``-`` and ``_`` ignored inside a segment. ``${name:default}`` placeholders nest.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from . import config_files
 
 _TRUE = frozenset({"true", "on", "yes", "1"})
 _FALSE = frozenset({"false", "off", "no", "0"})
-_PLACEHOLDER = re.compile(r"\$\{([^}:]*)(?::([^}]*))?\}")
+_DEPTH = 16  # placeholders nested (or referring to each other) deeper than this are circular
 
 
 class ConfigError(Exception):
@@ -36,6 +39,15 @@ class Property:
     required: bool = False
     choices: tuple[str, ...] = ()
     secret: bool = False
+
+
+CONFIG_PROPERTIES = (
+    Property(config_files.ADDITIONAL_LOCATION, str, None,
+             "Config files or directories (ending with `/`) read above the default ones, comma separated; "
+             "`optional:` when one may be missing."),
+    Property(config_files.LOCATION, str, None,
+             "Config files or directories read instead of `./`, `./config/`, `./config/*/` and `/config/`."),
+)
 
 
 def canonical(name: str) -> str:
@@ -97,10 +109,25 @@ class Properties:
             {canonical(k): (k, v) for k, v in flatten_json(app_json).items()} if app_json.strip() else {},
             {env_canonical(k): (k, v) for k, v in environ.items()},
         ]
+        try:
+            found = config_files.load(self._locations())
+        except config_files.ConfigFileError as error:
+            raise ConfigError(str(error)) from None
+        self.files: list[Path] = [path for path, _ in found]  # the config files read, lowest precedence first
+        self._layers.extend({canonical(k): (k, v) for k, v in values.items()} for _, values in reversed(found))
+
+    def _locations(self) -> list[tuple[str, str | None]]:
+        """Where config files are looked for, and the property naming each, from the sources above them."""
+        replaced = self.raw(config_files.LOCATION)
+        extra = self.raw(config_files.ADDITIONAL_LOCATION)
+        locations: list[tuple[str, str | None]] = (
+            [(location, None) for location in config_files.DEFAULT_LOCATIONS] if replaced is None else
+            [(location, config_files.LOCATION) for location in _split_list(replaced)])
+        return locations + [(location, config_files.ADDITIONAL_LOCATION) for location in _split_list(extra or "")]
 
     def raw(self, name: str, *aliases: str) -> str | None:
         """The value of ``name`` (or an alias) from the highest source that sets it, or None."""
-        keys = [canonical(n) for n in (name, *aliases)]
+        keys = [key for n in (name, *aliases) for key in _keys(n)]
         for layer in self._layers:
             for key in keys:
                 if key in layer:
@@ -134,29 +161,84 @@ class Properties:
         resolved = {key: self._resolve(value, depth=0) for key, value in merged.items()}
         return {key: value for key, value in resolved.items() if value}
 
+    def resolve(self, value: str) -> str | None:
+        """``value`` with its ``${name:default}`` placeholders replaced; None when one cannot be."""
+        return self._resolve(value, depth=0)
+
     def _resolve(self, value: str, depth: int) -> str | None:
-        """Replace ``${name:default}`` placeholders; an unresolvable one makes the value absent."""
+        """Replace placeholders, nested as Spring's PropertyPlaceholderHelper nests them.
+
+        ``${a:${b:c}}`` is ``a``, else ``b``, else ``c``; a found value's own placeholders are resolved
+        too. One that resolves to nothing (no value, no default, or circular) makes the value absent.
+        """
         if "${" not in value:
             return value
-        if depth > 8:
+        if depth > _DEPTH:
             return None
-        missing = False
+        out, index = [], 0
+        while (start := value.find("${", index)) >= 0:
+            end = _closing(value, start + 2)
+            if end < 0:  # no closing brace: not a placeholder, as in Spring
+                break
+            out.append(value[index:start])
+            name, default = _split_default(value[start + 2:end])
+            key = self._resolve(name, depth + 1)
+            found = None if key is None else self._lookup(key, depth + 1)
+            if found is None and default is not None:
+                found = self._resolve(default, depth + 1)
+            if found is None:
+                return None
+            out.append(found)
+            index = end + 1
+        out.append(value[index:])
+        return "".join(out)
 
-        def substitute(match: re.Match[str]) -> str:
-            nonlocal missing
-            key = canonical(match.group(1))
-            for layer in self._layers:
+    def _lookup(self, name: str, depth: int) -> str | None:
+        keys = _keys(name)
+        for layer in self._layers:
+            for key in keys:
                 if key in layer:
-                    found = self._resolve(layer[key][1], depth + 1)
+                    found = self._resolve(layer[key][1], depth)
                     if found is not None:
                         return found
-            if match.group(2) is not None:
-                return match.group(2)
-            missing = True
-            return ""
+        return None
 
-        resolved = _PLACEHOLDER.sub(substitute, value)
-        return None if missing or "${" in resolved else resolved
+
+def _keys(name: str) -> list[str]:
+    """The relaxed forms of a name; with a dash, also the environment's legacy one (``ADDITIONAL_LOCATION``)."""
+    key = canonical(name)
+    return [key, canonical(name.replace("-", "."))] if "-" in name else [key]
+
+
+def _closing(text: str, start: int) -> int:
+    """The index of the ``}`` that closes a placeholder whose name starts at ``start``, or -1."""
+    nested = 0
+    for index in range(start, len(text)):
+        char = text[index]
+        if char == "{":
+            nested += 1
+        elif char == "}":
+            if nested == 0:
+                return index
+            nested -= 1
+    return -1
+
+
+def _split_default(text: str) -> tuple[str, str | None]:
+    """``name:default`` at the first ``:`` outside nested placeholders; no ``:``, no default."""
+    nested = 0
+    for index, char in enumerate(text):
+        if char == "{":
+            nested += 1
+        elif char == "}":
+            nested -= 1
+        elif char == ":" and nested == 0:
+            return text[:index], text[index + 1:]
+    return text, None
+
+
+def _split_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _suffix(name: str, segments: int) -> str:

@@ -39,7 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from . import logs
-from .arguments import ConfigError, Properties, Property
+from .arguments import CONFIG_PROPERTIES, ConfigError, Properties, Property
 from .datasource import PROPERTIES as DATASOURCE_PROPERTIES
 from .datasource import Datasource, datasource
 
@@ -59,7 +59,7 @@ INITIALIZE = Property("spring.cloud.task.initialize-enabled", bool, True,
 END_RETRY = Property("task.end.retry-seconds", float, 60.0,
                      "How long recording the end retries, with back-off, while the database is unreachable.")
 PROPERTIES = (*DATASOURCE_PROPERTIES, TABLE_PREFIX, EXECUTION_ID, TASK_NAME, APP_NAME, PARENT_ID, EXTERNAL_ID,
-              INITIALIZE, END_RETRY, *logs.PROPERTIES)
+              INITIALIZE, END_RETRY, *logs.PROPERTIES, *CONFIG_PROPERTIES)
 MESSAGE_SIZE = 2500  # EXIT_MESSAGE, ERROR_MESSAGE and TASK_PARAM are VARCHAR(2500)
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,49}")
 # What a table prefix renames in the DDL: tables, the sequence and constraint names (never columns).
@@ -218,6 +218,8 @@ def run_task(body: Body, options: Mapping[str, Property]) -> None:
     try:
         properties = Properties()
         logs.configure_logging(properties)
+        if properties.files:
+            log.info("Properties read from %s", ", ".join(map(str, properties.files)))
         values = {name: properties.get(prop) for name, prop in options.items()}
         source = datasource(properties)
         repository = TaskRepository(source, properties.get(TABLE_PREFIX))

@@ -1,0 +1,219 @@
+"""Spring Boot's config files: where they are looked for, and how ``.properties`` and YAML files read.
+
+Locations, lowest precedence first (a later one overrides an earlier one, as in Spring Boot):
+``./``, ``./config/``, ``./config/*/``, ``/config/`` (where Data Flow's Kubernetes deployer writes a
+StatefulSet pod's instance index, whatever the working directory), then the locations of
+``spring.config.additional-location``. ``spring.config.location`` replaces the default ones. Within a
+location ``application.properties`` overrides ``application.yml``, which overrides ``application.yaml``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_LOCATIONS = ("optional:file:./", "optional:file:./config/", "optional:file:./config/*/",
+                     "optional:file:/config/")
+LOCATION = "spring.config.location"
+ADDITIONAL_LOCATION = "spring.config.additional-location"
+EXTENSIONS = (".yaml", ".yml", ".properties")  # lowest precedence first
+ON_PROFILE = "spring.config.activate.on-profile"  # a document only a profile activates: no profile is active here
+_UNICODE = re.compile(r"[0-9a-fA-F]{4}")
+
+
+class ConfigFileError(Exception):
+    """A location that does not exist, or a file that cannot be read; the message names the file and line."""
+
+
+def load(locations: list[tuple[str, str | None]]) -> list[tuple[Path, dict[str, str]]]:
+    """Every config file found at ``locations``, lowest first, with its properties.
+
+    A location is ``[optional:][file:]path`` and the property that named it (None: a default one).
+    """
+    found: list[tuple[Path, dict[str, str]]] = []
+    seen: set[Path] = set()
+    for location, origin in locations:
+        try:
+            paths = _files(location)
+        except ConfigFileError as error:
+            raise ConfigFileError(f"{error} (property '{origin}')" if origin else str(error)) from None
+        for path in paths:
+            resolved = path.resolve()
+            if resolved not in seen:
+                seen.add(resolved)
+                found.append((path, read(path)))
+    return found
+
+
+def _files(location: str) -> list[Path]:
+    """The config files of one location, lowest precedence first."""
+    text, optional = location.strip(), False
+    if text.startswith("optional:"):
+        text, optional = text[len("optional:"):], True
+    if text.startswith("classpath:"):
+        raise ConfigFileError(f"config location '{location}': a Python app has no classpath; use a file path")
+    text = text.removeprefix("file:")
+    if not text:
+        return []
+    if text.endswith("/"):
+        if text.endswith("*/"):
+            parent = Path(text[:-2])
+            directories = sorted(p for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+        else:
+            directories = [Path(text)]
+            if not directories[0].is_dir() and not optional:
+                raise ConfigFileError(f"config location '{location}' does not exist (prefix it with 'optional:' "
+                                      "if it may be missing)")
+        return [d / f"application{ext}" for d in directories for ext in EXTENSIONS
+                if (d / f"application{ext}").is_file()]
+    path = Path(text)
+    if path.suffix not in EXTENSIONS:
+        raise ConfigFileError(f"config location '{location}': expected a directory ending with '/' or a "
+                              f"{', '.join(EXTENSIONS)} file")
+    if not path.is_file():
+        if optional:
+            return []
+        raise ConfigFileError(f"config file '{location}' does not exist (prefix it with 'optional:' if it may "
+                              "be missing)")
+    return [path]
+
+
+def read(path: Path) -> dict[str, str]:
+    """One file's properties (documents that a profile activates are left out)."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigFileError(f"cannot read config file {path}: {error.strerror or error}") from None
+    if path.suffix == ".properties":
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = data.decode("iso-8859-1")  # what java.util.Properties reads
+        return read_properties(text, str(path))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise ConfigFileError(f"{path}:{line}: not UTF-8 text (YAML files are UTF-8)") from None
+    return read_yaml(text, str(path))
+
+
+def read_properties(text: str, name: str) -> dict[str, str]:
+    """A ``.properties`` file as ``java.util.Properties`` reads it; ``#---`` separates documents, as in Boot."""
+    documents: list[dict[str, str]] = [{}]
+    lines = text.splitlines()
+    number = 0
+    while number < len(lines):
+        start = number + 1
+        line = lines[number].lstrip(" \t\f")
+        number += 1
+        if line in ("#---", "!---"):
+            documents.append({})
+            continue
+        if not line or line[0] in "#!":
+            continue
+        while _continues(line) and number < len(lines):  # a trailing odd backslash joins the next line
+            line = line[:-1] + lines[number].lstrip(" \t\f")
+            number += 1
+        if _continues(line):
+            line = line[:-1]
+        key, value = _split(line)
+        if not key:
+            raise ConfigFileError(f"{name}:{start}: a value with no property name ('{line[:60]}')")
+        documents[-1][_unescape(key, name, start)] = _unescape(value, name, start)
+    return _merge(documents)
+
+
+def _continues(line: str) -> bool:
+    return (len(line) - len(line.rstrip("\\"))) % 2 == 1
+
+
+def _split(line: str) -> tuple[str, str]:
+    """Key and value: the key ends at the first unescaped ``=``, ``:`` or blank."""
+    index = 0
+    while index < len(line):
+        char = line[index]
+        if char == "\\":
+            index += 2
+            continue
+        if char in "=: \t\f":
+            break
+        index += 1
+    key, rest = line[:index], line[index:].lstrip(" \t\f")
+    if rest[:1] in ("=", ":"):
+        rest = rest[1:].lstrip(" \t\f")
+    return key, rest
+
+
+def _unescape(text: str, name: str, line: int) -> str:
+    if "\\" not in text:
+        return text
+    out, index = [], 0
+    while index < len(text):
+        char = text[index]
+        if char != "\\" or index + 1 == len(text):
+            out.append(char)
+            index += 1
+            continue
+        code = text[index + 1]
+        if code == "u":
+            digits = text[index + 2:index + 6]
+            if not _UNICODE.fullmatch(digits):
+                raise ConfigFileError(f"{name}:{line}: malformed \\uxxxx escape '\\u{digits}'")
+            out.append(chr(int(digits, 16)))
+            index += 6
+            continue
+        out.append({"t": "\t", "n": "\n", "r": "\r", "f": "\f"}.get(code, code))
+        index += 2
+    return "".join(out)
+
+
+def read_yaml(text: str, name: str) -> dict[str, str]:
+    """A YAML file's documents, flattened as Spring Boot does: ``a.b.c``, ``list[0]``, ``true``, null as empty."""
+    try:
+        documents = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f"{name}:{mark.line + 1}" if mark is not None else name
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigFileError(f"{where}: malformed YAML ({problem})") from None
+    flat_documents = []
+    for number, document in enumerate(documents, 1):
+        if document is None:
+            continue
+        if not isinstance(document, dict):
+            raise ConfigFileError(f"{name}: document {number} is a {type(document).__name__}, not a map of "
+                                  "property names to values")
+        flat: dict[str, str] = {}
+        _flatten("", document, flat)
+        flat_documents.append(flat)
+    return _merge(flat_documents)
+
+
+def _flatten(prefix: str, value: Any, flat: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), item, flat)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _flatten(f"{prefix}[{index}]", item, flat)
+    elif isinstance(value, bool):
+        flat[prefix] = "true" if value else "false"
+    else:
+        flat[prefix] = "" if value is None else str(value)
+
+
+def _merge(documents: list[dict[str, str]]) -> dict[str, str]:
+    """Later documents override earlier ones; a document a profile activates is left out (none is active)."""
+    merged: dict[str, str] = {}
+    for document in documents:
+        if not any(_relaxed(key) == _relaxed(ON_PROFILE) for key in document):
+            merged.update(document)
+    return merged
+
+
+def _relaxed(name: str) -> str:
+    return name.replace("-", "").replace("_", "").lower()
