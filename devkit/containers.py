@@ -79,11 +79,16 @@ def build_images(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def run_args(image: str, args: Sequence[str], name: str, env: Mapping[str, str] | None = None,
-             entrypoint: str | None = None) -> list[str]:
-    """``podman run`` on the host network, as a Kubernetes deployer passes arguments (exec style)."""
+             entrypoint: str | None = None, volumes: Mapping[str, str] | None = None) -> list[str]:
+    """``podman run`` on the host network, as a Kubernetes deployer passes arguments (exec style).
+
+    ``volumes`` maps host directories to where they are mounted (read-only), as a pod's volume mounts.
+    """
     command = [*PODMAN, "run", "--rm", "--network", "host", "--name", name]
     for key, value in (env or {}).items():
         command += ["-e", f"{key}={value}"]
+    for host, mounted in (volumes or {}).items():
+        command += ["-v", f"{host}:{mounted}:ro"]
     if entrypoint:
         command += ["--entrypoint", entrypoint]
     return [*command, image, *args]

@@ -8,7 +8,7 @@ import re
 import sys
 
 from .metadata import render_dockerfile
-from .properties import RECIPES, ROOT, markdown_table
+from .properties import RECIPES, ROOT, markdown_table, rows_table, source_properties
 
 DOCS = {"processor": ("README.md", "polyglot-python-processor/README.md"),
         "router": ("README.md", "polyglot-python-app/README.md"),
@@ -80,9 +80,18 @@ def render_bench(text: str) -> str:
     return BENCH_BLOCK.sub(lambda _: f"<!-- bench -->\n{bench_table()}<!-- /bench -->", text)
 
 
+SOURCE_BLOCK = re.compile(r"<!-- properties:source -->\n.*?<!-- /properties -->", re.S)
+
+
+def render_source(text: str) -> str:
+    """The table of what a source reads beyond an app's properties."""
+    table = rows_table(source_properties())
+    return SOURCE_BLOCK.sub(lambda _: f"<!-- properties:source -->\n{table}<!-- /properties -->", text)
+
+
 def main() -> int:
     readme = ROOT / "README.md"
-    readme.write_text(render_bench(render_keys(readme.read_text())))
+    readme.write_text(render_source(render_bench(render_keys(readme.read_text()))))
     for recipe, files in DOCS.items():
         for name in files:
             path = ROOT / name

@@ -36,8 +36,20 @@ def recipe_properties(recipe: str) -> tuple[list[Any], tuple[str, ...]]:
 
 
 def markdown_table(recipe: str) -> str:
+    return rows_table(*recipe_properties(recipe))
+
+
+def source_properties() -> list[Any]:
+    """What a source (``util.source``, run on the processor's ``util``) reads beyond an app's properties."""
+    sys.path.insert(0, str(ROOT / RECIPES["processor"][0]))
+    try:
+        return list(importlib.import_module("util.source").PROPERTIES)
+    finally:
+        sys.path.remove(str(ROOT / RECIPES["processor"][0]))
+
+
+def rows_table(properties: list[Any], pass_through: tuple[str, ...] = ()) -> str:
     rows = ["| property | type | default | description |", "|---|---|---|---|"]
-    properties, pass_through = recipe_properties(recipe)
     for prop in properties:
         shown = str(prop.default).lower() if prop.type is bool else prop.default
         default = "" if prop.default is None else f"`{shown}`"

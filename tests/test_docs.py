@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SHARED_FIXTURES
-from devkit.docs import DOCS, render, render_bench, render_keys
+from devkit.docs import DOCS, render, render_bench, render_keys, render_source
 from devkit.metadata import LABEL, render_dockerfile
 from devkit.properties import RECIPES, recipe_properties
 from util.arguments import canonical
@@ -31,6 +31,12 @@ def test_readme_kafka_key_table_is_generated_from_the_transport() -> None:
     text = (ROOT / "README.md").read_text()
     assert "<!-- kafka-keys -->" in text
     assert render_keys(text) == text, "README.md is stale: run `make docs`"
+
+
+def test_readme_source_property_table_is_generated_from_the_code() -> None:
+    text = (ROOT / "README.md").read_text()
+    assert "<!-- properties:source -->" in text
+    assert render_source(text) == text, "README.md is stale: run `make docs`"
 
 
 def test_readme_performance_figures_are_the_latest_bench_run() -> None:

@@ -69,9 +69,11 @@ class Container:
 def run(podman_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Container]]:
     started: list[Container] = []
 
-    def start(image: str, args: list[str], env: dict[str, str] | None = None) -> Container:
+    def start(image: str, args: list[str], env: dict[str, str] | None = None,
+              volumes: dict[str, str] | None = None) -> Container:
         name = f"polyglot-test-{uuid.uuid4().hex[:8]}"
-        container = Container(containers.run_args(image, args, name, env), podman_env, tmp_path / f"{name}.log")
+        container = Container(containers.run_args(image, args, name, env, volumes=volumes), podman_env,
+                              tmp_path / f"{name}.log")
         started.append(container)
         return container
 
@@ -106,6 +108,32 @@ def test_processor_image_reverses_answers_probes_runs_as_non_root_and_drains_on_
     assert uids.split()[1:] == ["10001"] * 4
     assert container.stop() == 0
     assert "Stopped cleanly" in container.log
+
+
+def test_processor_image_reads_the_instance_index_the_statefulset_init_container_wrote_to_config(
+        images: dict[str, str], run: Callable[..., Container], broker: Tansu, kafka: Kafka,
+        names: Callable[[str], str], tmp_path: Path) -> None:
+    """Data Flow's Kubernetes deployer, for a partitioned app: pod ``<app>-1`` gets its index only in the file."""
+    config = tmp_path / "config"
+    config.mkdir(mode=0o755)
+    (config / "application.properties").write_text("INSTANCE_INDEX=1\nspring.cloud.stream.instanceIndex=1\n")
+    (config / "application.properties").chmod(0o644)
+    source, sink, port = kafka.create(names("in"), partitions=2), names("out"), free_port()
+    container = run(images[RECIPE["processor"]], [
+        f"--spring.cloud.stream.bindings.input.destination={source}", "--spring.cloud.stream.bindings.input.group=s",
+        f"--spring.cloud.stream.bindings.output.destination={sink}", "--spring.cloud.stream.instanceCount=2",
+        "--spring.cloud.stream.kafka.bindings.input.consumer.autoRebalanceEnabled=false",
+        "--spring.cloud.stream.bindings.input.consumer.partitioned=true", f"--server.port={port}",
+        "--reversestring=true", *FAST_GROUPS], env={"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": broker.bootstrap},
+        volumes={str(config): "/config"})
+    wait_for(lambda: http_get(port, "/actuator/health")[0] == 200, 60, "health UP in the container")
+    assert f"Static assignment (instance 1 of 2): {source}-1" in container.log
+    kafka.produce(source, [b"zero"], headers=[("contentType", b"text/plain")], partition=0)
+    kafka.produce(source, [b"one"], headers=[("contentType", b"text/plain")], partition=1)
+    assert [r.value for r in kafka.read(sink, 1, settle=2.0)] == [b"eno"]  # partition 0 is instance 0's
+    assert json.loads(http_get(port, "/actuator/info")[1])["config"] == {"files": ["/config/application.properties"]}
+    assert 'instance_index="1"' in http_get(port, "/actuator/prometheus")[1]
+    assert container.stop() == 0
 
 
 def test_router_image_routes_in_the_boot_entry_point_style(
