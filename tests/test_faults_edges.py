@@ -247,6 +247,23 @@ def test_a_topic_acl_not_yet_applied_rewinds_turns_health_down_and_loses_nothing
     figures.add("ACL applied to everything committed", f"{moved:.1f} s")
 
 
+def test_a_source_whose_sends_are_refused_sends_them_again_with_health_down_and_loses_nothing(
+        proxied: tuple[Kafka, KafkaProxy], names: Callable[[str], str], start_stream_app: Callable[..., App],
+        client: str) -> None:
+    kafka, proxy = proxied
+    sink = kafka.create(names("out"))
+    proxy.refuse(sink, TOPIC_AUTHORIZATION_FAILED)
+    app = start_stream_app("source", None, {"output": sink}, "--count=10", "--spring.integration.poller.fixed-delay=10",
+                           env={"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": kafka.bootstrap})
+    wait_for(lambda: REFUSED[client] in delivery_down(app), 60, "health DOWN with the reason")
+    wait_for(lambda: log_count(app, r"1 message\(s\) not sent") >= 2, 60, "a resend, then another after a back-off")
+    proxy.allow(sink)  # the ACL arrives
+    records = kafka.read(sink, 10, settle=1.0)
+    assert [r.value for r in records] == [str(n).encode() for n in range(1, 11)]  # in order, each once
+    wait_for(lambda: health(app)[0] == 200, 30, "health UP")
+    assert app.stop() == 0
+
+
 def test_a_dead_letter_topic_acl_not_yet_applied_holds_the_partition_and_keeps_the_records_own_error(
         proxied: tuple[Kafka, KafkaProxy], names: Callable[[str], str], start_processor: Callable[..., App],
         figures: Figures) -> None:

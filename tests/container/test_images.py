@@ -127,7 +127,7 @@ def test_processor_image_reads_the_instance_index_the_statefulset_init_container
         "--reversestring=true", *FAST_GROUPS], env={"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": broker.bootstrap},
         volumes={str(config): "/config"})
     wait_for(lambda: http_get(port, "/actuator/health")[0] == 200, 60, "health UP in the container")
-    assert f"Static assignment (instance 1 of 2): {source}-1" in container.log
+    wait_for(lambda: f"Static assignment (instance 1 of 2): {source}-1" in container.log, 60, "the assignment")
     kafka.produce(source, [b"zero"], headers=[("contentType", b"text/plain")], partition=0)
     kafka.produce(source, [b"one"], headers=[("contentType", b"text/plain")], partition=1)
     assert [r.value for r in kafka.read(sink, 1, settle=2.0)] == [b"eno"]  # partition 0 is instance 0's
