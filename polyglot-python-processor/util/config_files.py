@@ -61,7 +61,10 @@ def _files(location: str) -> list[Path]:
     if text.endswith("/"):
         if text.endswith("*/"):
             parent = Path(text[:-2])
-            directories = sorted(p for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+            try:
+                directories = sorted(p for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+            except OSError as error:
+                raise ConfigFileError(f"cannot list config location '{location}': {error.strerror or error}") from None
         else:
             directories = [Path(text)]
             if not directories[0].is_dir() and not optional:
