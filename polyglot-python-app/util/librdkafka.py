@@ -25,7 +25,7 @@ client_log = logging.getLogger("librdkafka")
 _probe_log = logging.getLogger("librdkafka.probe")  # silent: the clients made only to find a refused setting
 _probe_log.disabled = True
 
-NAME = "librdkafka"
+NAME = "the kafka binder (librdkafka)"
 TP = tuple[str, int]
 # Refusals about the record itself: it takes its error path. Any other failure of a send is the broker's.
 RECORD_CODES = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG,
@@ -319,6 +319,15 @@ class Client:
     def __init__(self, properties: Properties) -> None:
         self.properties = properties
         self._admin: AdminClient | None = None
+        self.servers = kafka_config.bootstrap_servers(properties)
+        self.servers_property = kafka_config.BROKERS.name
+
+    def problem(self) -> str | None:
+        """librdkafka reconnects by itself: the binder's reachability check says when no broker answers."""
+        return None
+
+    def input(self, binding: InputBinding) -> InputBinding:
+        return binding
 
     def producer(self, binding: str | None, carries: InputBinding | None = None) -> Producer:
         """The producer of an output binding; with ``carries``, the DLQ producer of that input binding.

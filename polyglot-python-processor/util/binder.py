@@ -169,9 +169,10 @@ class Binder:
         self.stop = threading.Event()
         self._stop_time = 0.0
         self.state = "starting"
-        self.servers = kafka_config.bootstrap_servers(properties)
-        self._reachable: tuple[float, str | None] = (0.0, None)
         self.client = open_client(properties)
+        self.source = None if source is None else self.client.input(source)
+        self.servers = self.client.servers
+        self._reachable: tuple[float, str | None] = (0.0, None)
         self.consumer: Consumer | None = None
         self.producers: dict[str, Producer] = {}
         self.partition_counts: dict[str, int] = {}
@@ -200,7 +201,9 @@ class Binder:
                          f"{s.reason}" for (topic, partition), s in stalled) or None
 
     def broker_check(self) -> str | None:
-        """Any bootstrap broker accepts a TCP connection (cached 2 s so probes stay cheap)."""
+        """The client's own verdict, else any broker accepts a TCP connection (cached 2 s: probes stay cheap)."""
+        if (problem := self.client.problem()) is not None:
+            return problem
         checked, reason = self._reachable
         if time.monotonic() - checked < 2.0:
             return reason
@@ -720,8 +723,8 @@ def _serve(create: Callable[[Properties, dict[str, Any], Metrics], Binder], opti
         log.error("Configuration error: %s", error)
         sys.exit(1)
     except binder.client.Error as error:
-        log.error("Kafka error with brokers %s (property '%s'): %s", ",".join(binder.servers),
-                  kafka_config.BROKERS.name, error)
+        log.error("Broker error at %s (property '%s'): %s", ",".join(binder.servers),
+                  binder.client.servers_property, error)
         sys.exit(1)
     finally:
         binder.state = "stopped" if binder.stop.is_set() else "failed"

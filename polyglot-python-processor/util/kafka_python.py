@@ -32,7 +32,7 @@ from .bindings import InputBinding, start_offset
 
 log = logging.getLogger(__name__)
 
-NAME = "kafka-python"
+NAME = "the kafka binder (kafka-python)"
 # Refusals about the record itself: it takes its error path. Any other failure of a send is the broker's.
 RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, CorruptRecordError, InvalidRecordError,
                  InvalidTimestampError, UnsupportedForMessageFormatError)
@@ -189,6 +189,15 @@ class Client:
 
     def __init__(self, properties: Properties) -> None:
         self.properties = properties
+        self.servers = kafka_config.bootstrap_servers(properties)
+        self.servers_property = kafka_config.BROKERS.name
+
+    def problem(self) -> str | None:
+        """kafka-python reconnects by itself: the binder's reachability check says when no broker answers."""
+        return None
+
+    def input(self, binding: InputBinding) -> InputBinding:
+        return binding
 
     def producer(self, binding: str | None, carries: InputBinding | None = None) -> Producer:
         """The producer of an output binding; with ``carries``, the DLQ producer of that input binding.

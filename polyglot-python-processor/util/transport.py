@@ -13,9 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from .arguments import Properties
+from .arguments import ConfigError, Properties, Property
 from .bindings import InputBinding
-from .kafka_config import CLIENT
+from .kafka_config import BROKERS, CLIENT
+
+DEFAULT_BINDER = Property("spring.cloud.stream.defaultBinder", str, None,
+                          "kafka or rabbit; unset: rabbit when a spring.rabbitmq connection property is set and no "
+                          "Kafka brokers are, else kafka.", choices=("kafka", "rabbit"))
 
 TP = tuple[str, int]
 Headers = Sequence[tuple[str, bytes | None]]
@@ -68,6 +72,14 @@ class Client(Protocol):
     name: str
     Error: type[Exception]  # what the client raises when no broker answers
     null_header: bytes | None  # what a null header value is written as
+    servers: list[str]  # host:port of the brokers, for health and logs (no credentials)
+    servers_property: str  # the property they come from
+
+    def problem(self) -> str | None:
+        """Why the broker cannot be used now (health DOWN), or None."""
+
+    def input(self, binding: InputBinding) -> InputBinding:
+        """The input binding as this binder has it (the rabbit binder's DLQ is the queue's)."""
 
     def about_the_record(self, error: BaseException) -> bool:
         """A send failure the record itself caused (too large, malformed), not the broker's state."""
@@ -88,8 +100,29 @@ class Client(Protocol):
     def grow(self, topic: str, total: int) -> None: ...
 
 
+# The spring.rabbitmq.* connection properties whose presence chooses the rabbit binder (relaxed names).
+RABBIT_CONNECTION = ("host", "port", "addresses", "username", "password", "virtualhost", "ssl")
+
+
+def binder(properties: Properties) -> str:
+    """``kafka`` or ``rabbit``: ``defaultBinder``, else what the connection properties set (both: an error)."""
+    named = properties.get(DEFAULT_BINDER)
+    if named is not None:
+        return named
+    rabbit = any(key.split(".")[0] in RABBIT_CONNECTION for key in properties.subtree("spring.rabbitmq"))
+    kafka = properties.raw(BROKERS.name, *BROKERS.aliases) is not None
+    if rabbit and kafka:
+        raise ConfigError(f"Both Kafka brokers ('{BROKERS.name}') and a RabbitMQ connection ('spring.rabbitmq.*') "
+                          f"are set: choose one with '{DEFAULT_BINDER.name}' (kafka or rabbit)")
+    return "rabbit" if rabbit else "kafka"
+
+
 def open_client(properties: Properties) -> Client:
-    """The client ``...binder.client`` names; only that one is imported (start-up time and memory)."""
+    """The binder's client (``...kafka.binder.client`` picks Kafka's); only that one is imported."""
+    if binder(properties) == "rabbit":
+        from .rabbit import Client as Rabbit
+
+        return Rabbit(properties)
     if properties.get(CLIENT) == "kafka-python":
         from .kafka_python import Client as KafkaPython
 
