@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
 import re
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ util.__path__.append(str(ROOT / "polyglot-python-task" / "util"))
 
 from devkit.apps import App  # noqa: E402
 from devkit.databases import MariaDB, PostgreSQL  # noqa: E402
+from devkit.rabbitmq import RabbitMQ  # noqa: E402
 from devkit.tansu import Tansu  # noqa: E402
 from devkit.topics import read_topic  # noqa: E402
 
@@ -183,6 +186,95 @@ def start_stream_app(broker: Tansu, start_app: Callable[..., App], names: Callab
 def start_processor(start_stream_app: Callable[..., App]) -> Callable[..., App]:
     def start(source: str | None, sink: str | None, *extra: str, **kwargs: Any) -> App:
         return start_stream_app("processor", source, {"output": sink}, *extra, **kwargs)
+
+    return start
+
+
+# -- RabbitMQ ------------------------------------------------------------------------------------
+class Rabbit:
+    """Publish to and read from a RabbitMQ node as a Spring app beside ours would, with pika."""
+
+    def __init__(self, server: RabbitMQ) -> None:
+        import pika
+
+        self.server, self.pika = server, pika
+        self.connection = pika.BlockingConnection(pika.URLParameters(server.url))
+        self.channel = self.connection.channel()
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What Data Flow's Kubernetes platform account sets on every app (no credentials: the defaults)."""
+        return {"SPRING_RABBITMQ_HOST": "127.0.0.1", "SPRING_RABBITMQ_PORT": str(self.server.port)}
+
+    def publish(self, exchange: str, bodies: Sequence[bytes], content_type: str | None = "text/plain",
+                headers: dict[str, Any] | None = None, routing_key: str | None = None) -> None:
+        """As Spring's producer: persistent, routing key = the destination."""
+        properties = self.pika.BasicProperties(content_type=content_type, delivery_mode=2, headers=headers)
+        for body in bodies:
+            self.channel.basic_publish(exchange, routing_key or exchange, body, properties)
+
+    def declare_group(self, destination: str, group: str, arguments: dict[str, Any] | None = None) -> str:
+        """The durable group queue a Spring consumer of ``destination`` declares (bound with ``#``)."""
+        queue = f"{destination}.{group}"
+        self.channel.exchange_declare(destination, "topic", durable=True)
+        self.channel.queue_declare(queue, durable=True, arguments=arguments)
+        self.channel.queue_bind(queue, destination, "#")
+        return queue
+
+    def read(self, queue: str, count: int, timeout: float = 60, settle: float = 0.0) -> list[tuple[Any, Any, bytes]]:
+        """``(method, properties, body)`` of the queue's messages (acknowledged), until ``count`` or ``timeout``."""
+        got: list[tuple[Any, Any, bytes]] = []
+        deadline = time.monotonic() + timeout
+        settle_until = None
+        while time.monotonic() < deadline:
+            method, properties, body = self.channel.basic_get(queue, auto_ack=True)
+            if method is not None:
+                got.append((method, properties, body))
+                continue
+            if len(got) >= count:
+                settle_until = settle_until or time.monotonic() + settle
+                if time.monotonic() >= settle_until:
+                    break
+            self.connection.sleep(0.05)
+        return got
+
+    def depth(self, queue: str) -> int:
+        return self.channel.queue_declare(queue, passive=True).method.message_count
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # the node may be gone already
+            self.connection.close()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
+    server = RabbitMQ(tmp_path_factory.mktemp("rabbitmq") / "rabbitmq.log").start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def rabbit(rabbitmq: RabbitMQ) -> Iterator[Rabbit]:
+    client = Rabbit(rabbitmq)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def start_rabbit_app(rabbitmq: RabbitMQ, start_app: Callable[..., App], names: Callable[[str], str]) -> \
+        Callable[..., App]:
+    """A stream app on the rabbit binder, as Data Flow's Kubernetes deployer starts it (exec-style args)."""
+
+    def start(kind: str, source: str | None, sinks: dict[str, str | None], *extra: str, group: str | None = GROUP,
+              env: dict[str, str] | None = None, server: RabbitMQ | None = None) -> App:
+        group = names("s") if group == GROUP else group
+        args = ["--server.port=0", *extra]
+        bindings = {"input.destination": source, "input.group": group,
+                    **{f"{name}.destination": topic for name, topic in sinks.items()}}
+        args += [f"--spring.cloud.stream.bindings.{key}={value}" for key, value in bindings.items() if value]
+        port = (server or rabbitmq).port
+        environ = {"SPRING_RABBITMQ_HOST": "127.0.0.1", "SPRING_RABBITMQ_PORT": str(port), **(env or {})}
+        return start_app({**STREAM_APPS, **STEPS}[kind][0], args, environ)
 
     return start
 
