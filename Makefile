@@ -15,8 +15,10 @@ BUILD_FLAGS ?=
 
 .PHONY: demo test lint faults docs images push bench system-deps clean
 
+# `make demo BINDER=rabbit` runs the stream recipes on an embedded RabbitMQ instead.
+BINDER ?= kafka
 demo: $(STAMP)
-	$(PY) -m devkit.demo
+	$(PY) -m devkit.demo $(BINDER)
 
 # Three workers: most tests wait on brokers and group joins, not on the CPU; each worker starts its own servers.
 test: lint

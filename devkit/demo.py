@@ -153,8 +153,17 @@ def task_demo(workdir: Path) -> None:
 
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
+    binder = sys.argv[1] if len(sys.argv) > 1 else "kafka"
+    if binder not in ("kafka", "rabbit"):
+        print(f"BINDER={binder}: expected kafka or rabbit", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="polyglot-demo-") as tmp:
         workdir = Path(tmp)
+        if binder == "rabbit":
+            from .demo_rabbit import run
+
+            run(workdir)
+            return 0
         broker = Tansu(workdir / "tansu.log").start()
         print(f"== embedded Kafka (Tansu) on {broker.bootstrap}")
         try:
