@@ -27,6 +27,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from bench import rabbit
 from devkit.apps import App, http_get
 from devkit.tansu import Tansu, free_port
 from devkit.waiting import wait_for
@@ -313,6 +314,7 @@ def measure() -> dict[str, Any]:
             repeat("naive seed loop (as shipped)", lambda: bench.run_script("naive.py", source, SEED_PYTHON))
             repeat("scale-out, 1 instance", lambda: bench.run_scale_out(1))
             repeat("scale-out, 2 instances", lambda: bench.run_scale_out(2))
+            rabbit_figures = rabbit.measure(Path(tmp), ROOT, RECORDS, value, repeat, BASELINE)
             latency = {client: sorted(bench.run_latency(TUNED_FETCH_WAIT, client=client)) for client in CLIENTS}
             default_latencies = sorted(bench.run_latency())
             startups = [bench.run_startup() for _ in range(REPS)]
@@ -330,6 +332,7 @@ def measure() -> dict[str, Any]:
                                "p50": _percentile(default_latencies, 50), "p99": _percentile(default_latencies, 99),
                                "max": default_latencies[-1]},
         "peak_rss_mb": {client: summary(peaks) for client, peaks in rss.items()},
+        "rabbit": rabbit_figures,
         "startup_s": summary(startups),
         "image_mb": _image_sizes(),
     }
@@ -361,8 +364,17 @@ def targets(r: dict[str, Any]) -> list[tuple[str, float, str, float | None]]:
     ratio("processor (librdkafka) / naive seed loop (as shipped)", "processor (librdkafka)",
           "naive seed loop (as shipped)", ">=", 5)
     ratio("2 instances / 1 instance", "scale-out, 2 instances", "scale-out, 1 instance", ">=", 1.5)
+    ratio("processor (RabbitMQ), confirms and at-least-once / pika bare loop, no confirms", "processor (RabbitMQ)",
+          "pika bare loop, no confirms (RabbitMQ)", ">=", 0.8)
+    ratio("router (RabbitMQ) / pika bare loop, no confirms", "router (RabbitMQ)",
+          "pika bare loop, no confirms (RabbitMQ)", ">=", None)
     for client, latency in r["latency_ms"].items():
         found.append((f"p99 latency at 100 records/s, {client} (ms)", latency["p99"], "<=", 20))
+    rabbit_figures = r.get("rabbit", {})
+    if "p99" in rabbit_figures.get("latency_ms", {}):
+        found.append(("p99 latency at 100 messages/s, RabbitMQ (ms)", rabbit_figures["latency_ms"]["p99"], "<=", None))
+    if rabbit_figures.get("peak_rss_mb"):
+        found.append(("peak RSS of the processor, RabbitMQ (MB)", rabbit_figures["peak_rss_mb"]["max"], "<=", None))
     for client, peaks in r["peak_rss_mb"].items():
         found.append((f"peak RSS of the processor, {client} (MB)", peaks["max"], "<=", 50))
     found.append(("start-up to health UP (s)", r["startup_s"]["median"], "<=", 0.5))

@@ -36,7 +36,7 @@ def recipe_properties(recipe: str) -> tuple[list[Any], tuple[str, ...]]:
 
 
 def markdown_table(recipe: str) -> str:
-    return rows_table(*recipe_properties(recipe))
+    return rows_table(*recipe_properties(recipe), binders=RECIPES[recipe][2] is not None)
 
 
 def source_properties() -> list[Any]:
@@ -48,16 +48,31 @@ def source_properties() -> list[Any]:
         sys.path.remove(str(ROOT / RECIPES["processor"][0]))
 
 
-def rows_table(properties: list[Any], pass_through: tuple[str, ...] = ()) -> str:
-    rows = ["| property | type | default | description |", "|---|---|---|---|"]
+def binder_of(prop: Any) -> str:
+    """Which binder reads a property: ``kafka``, ``rabbit`` or ``both``."""
+    if prop.binder:
+        return prop.binder
+    if ".kafka." in prop.name:
+        return "kafka"
+    if prop.name.startswith("spring.rabbitmq.") or ".rabbit." in prop.name:
+        return "rabbit"
+    return "both"
+
+
+def rows_table(properties: list[Any], pass_through: tuple[str, ...] = (), binders: bool = True) -> str:
+    """A Markdown table of ``properties``; ``binders``: with the column saying which binder reads each."""
+    column = " binder |" if binders else ""
+    rows = [f"| property | type | default |{column} description |", f"|---|---|---|{'---|' if binders else ''}---|"]
     for prop in properties:
         shown = str(prop.default).lower() if prop.type is bool else prop.default
         default = "" if prop.default is None else f"`{shown}`"
         name = f"`{prop.name}`" + "".join(f" (or `{alias}`)" for alias in prop.aliases)
         note = " Required." if prop.required else ""
-        rows.append(f"| {name} | {_TYPES[prop.type]} | {default} | {prop.description}{note} |")
+        which = f" {binder_of(prop)} |" if binders else ""
+        rows.append(f"| {name} | {_TYPES[prop.type]} | {default} |{which} {prop.description}{note} |")
     for prefix in pass_through:
-        rows.append(f"| `{prefix}` | string | | A Kafka client setting, passed through (see below). |")
+        which = " kafka |" if binders else ""
+        rows.append(f"| `{prefix}` | string | |{which} A Kafka client setting, passed through (see below). |")
     return "\n".join(rows) + "\n"
 
 

@@ -103,8 +103,25 @@ def test_librdkafka_refusals_about_the_record_take_its_error_path_and_the_broker
 
 
 def test_the_client_property_picks_the_transport() -> None:
-    assert open_client(Properties([], {})).name == "librdkafka"
+    assert open_client(Properties([], {})).name == "the kafka binder (librdkafka)"
     chosen = open_client(Properties(["--spring.cloud.stream.kafka.binder.client=kafka-python"], {}))
-    assert chosen.name == "kafka-python"
+    assert chosen.name == "the kafka binder (kafka-python)"
+
+
+@pytest.mark.parametrize(("args", "env", "binder"), [
+    ([], {}, "kafka"),
+    (["--spring.rabbitmq.host=mq"], {}, "rabbit"),
+    ([], {"SPRING_RABBITMQ_ADDRESSES": "amqp://u:p@mq:5672"}, "rabbit"),
+    ([], {"SPRING_RABBITMQ_VIRTUAL_HOST": "v"}, "rabbit"),
+    (["--spring.rabbitmq.listener.simple.prefetch=5"], {}, "kafka"),  # not a connection property
+    (["--spring.rabbitmq.host=mq", "--spring.cloud.stream.defaultBinder=kafka"],
+     {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": "k:9092"}, "kafka"),
+    (["--spring.cloud.stream.defaultBinder=rabbit"], {}, "rabbit"),
+])
+def test_the_binder_is_default_binder_or_the_connection_properties_set(
+        args: list[str], env: dict[str, str], binder: str) -> None:
+    from util.transport import binder as chosen_binder
+
+    assert chosen_binder(Properties(args, env)) == binder
     with pytest.raises(ConfigError, match=r"spring\.cloud\.stream\.kafka\.binder\.client"):
         open_client(Properties(["--spring.cloud.stream.kafka.binder.client=java"], {}))

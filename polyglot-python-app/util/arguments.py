@@ -39,6 +39,7 @@ class Property:
     required: bool = False
     choices: tuple[str, ...] = ()
     secret: bool = False
+    binder: str = ""  # kafka or rabbit when only that binder reads it; empty: both (or neither's)
 
 
 CONFIG_PROPERTIES = (

@@ -58,7 +58,8 @@ def input_properties(group_fallback: Property | None = None, binding: str = "inp
                                  "Content type of records that carry no contentType header."),
         "concurrency": _binding(binding, "consumer.concurrency", int, 1,
                                 "Consumer threads of a Spring app; here it only sizes a created input topic "
-                                "(instanceCount x concurrency partitions): the app consumes in one thread."),
+                                "(instanceCount x concurrency partitions): the app consumes in one thread.",
+                                binder="kafka"),
         "max_attempts": _binding(binding, "consumer.maxAttempts", int, 3,
                                  "Attempts to process a record before it goes to the DLQ or is skipped."),
         "back_off_initial": _binding(binding, "consumer.backOffInitialInterval", int, 1000,

@@ -100,8 +100,9 @@ class Client(Protocol):
     def grow(self, topic: str, total: int) -> None: ...
 
 
-# The spring.rabbitmq.* connection properties whose presence chooses the rabbit binder (relaxed names).
-RABBIT_CONNECTION = ("host", "port", "addresses", "username", "password", "virtualhost", "ssl")
+# The spring.rabbitmq.* connection properties whose presence chooses the rabbit binder (relaxed names; the
+# environment's SPRING_RABBITMQ_VIRTUAL_HOST reads as virtual.host).
+RABBIT_CONNECTION = ("host", "port", "addresses", "username", "password", "virtualhost", "virtual.host", "ssl")
 
 
 def binder(properties: Properties) -> str:
@@ -109,7 +110,8 @@ def binder(properties: Properties) -> str:
     named = properties.get(DEFAULT_BINDER)
     if named is not None:
         return named
-    rabbit = any(key.split(".")[0] in RABBIT_CONNECTION for key in properties.subtree("spring.rabbitmq"))
+    rabbit = any(key == name or key.startswith(f"{name}.") for key in properties.subtree("spring.rabbitmq")
+                 for name in RABBIT_CONNECTION)
     kafka = properties.raw(BROKERS.name, *BROKERS.aliases) is not None
     if rabbit and kafka:
         raise ConfigError(f"Both Kafka brokers ('{BROKERS.name}') and a RabbitMQ connection ('spring.rabbitmq.*') "

@@ -27,7 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import kafka_config, logs
+from . import kafka_config, logs, rabbit_config
 from .actuator import PROPERTIES as ACTUATOR_PROPERTIES
 from .actuator import Actuator
 from .arguments import CONFIG_PROPERTIES, ConfigError, Properties, Property
@@ -50,7 +50,7 @@ from .headers import HeaderError, header_text, inbound_content_type, is_text, ou
 from .metrics import ERROR_CHANNEL, Metrics, common_tags
 from .metrics import PROPERTIES as METRICS_PROPERTIES
 from .partitions import java_bytes_hash, java_string_hash, select_partition
-from .transport import Consumer, Producer, open_client
+from .transport import DEFAULT_BINDER, Consumer, Producer, open_client
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,13 @@ PASS_THROUGH = ("spring.cloud.stream.kafka.binder.configuration.<key>",
 
 
 def app_properties(outputs: Sequence[str], options: Mapping[str, Property],
-                   group_fallback: Property | None = None) -> list[Property]:
-    """Every property an app with these output bindings reads: its own first, then the binder's."""
-    bindings = [*input_properties(group_fallback).values(),
+                   group_fallback: Property | None = None, has_input: bool = True) -> list[Property]:
+    """Every property an app with these output bindings reads: its own first, then the binders'."""
+    bindings = [*(input_properties(group_fallback).values() if has_input else ()),
                 *(p for name in outputs for p in output_properties(name).values())]
-    return [*options.values(), *bindings, *COMMON_PROPERTIES]
+    rabbit = [*(rabbit_config.consumer_properties().values() if has_input else ()),
+              *(p for name in outputs for p in rabbit_config.producer_properties(name).values())]
+    return [*options.values(), *bindings, DEFAULT_BINDER, *COMMON_PROPERTIES, *rabbit_config.PROPERTIES, *rabbit]
 
 
 # The app's function: a message in, the output binding's name and the message to send out (None: nothing).
