@@ -154,8 +154,8 @@ def measure(workdir: Path, root: Path, records: int, value: Callable[[int], str]
     bench = RabbitBench(workdir, root, records, value)
     rss: list[float] = []
     try:
-        repeat("pika bare loop, no confirms (RabbitMQ)", lambda: bench.run_loop(confirm=False))
-        repeat("pika loop, a confirm per message (RabbitMQ)", lambda: bench.run_loop(confirm=True))
+        repeat("pika bare loop without confirms (RabbitMQ)", lambda: bench.run_loop(confirm=False))
+        repeat("pika loop with a confirm per message (RabbitMQ)", lambda: bench.run_loop(confirm=True))
 
         def processor() -> float:
             rate, peak = bench.run_app("processor")

@@ -28,7 +28,7 @@ HEARTBEAT = Property(f"{RABBIT}.requested-heartbeat", int, 60, "Heartbeat, s (ra
 CONNECTION_TIMEOUT = Property(f"{RABBIT}.connection-timeout", int, 10000, "Connection timeout, ms (rabbit binder).")
 CONNECTION_PROPERTIES = (HOST, PORT, USERNAME, PASSWORD, VIRTUAL_HOST, ADDRESSES, SSL_ENABLED, SSL_VALIDATE,
                          SSL_VERIFY_HOSTNAME, HEARTBEAT, CONNECTION_TIMEOUT)
-DEFAULT_PREFETCH = 250  # Spring's 1 acknowledges one message a round trip; at-least-once in batches needs more
+DEFAULT_PREFETCH = 1000  # Spring: 1, one round trip a message; at-least-once in batches needs many in flight
 PROPERTIES = CONNECTION_PROPERTIES
 
 

