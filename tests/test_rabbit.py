@@ -223,6 +223,43 @@ def test_a_broker_restart_turns_health_down_then_up_and_loses_nothing(
     assert app.stop() == 0
 
 
+def test_a_broker_not_up_yet_at_start_is_waited_for_with_health_down(
+        start_rabbit_app: Callable[..., App], names: Callable[[str], str], tmp_path: Path) -> None:
+    server = RabbitMQ(tmp_path / "late-rabbitmq.log")  # its port is chosen, the node not started
+    source, sink, group = names("in"), names("out"), names("g")
+    try:
+        app = start_rabbit_app("processor", source, {"output": sink}, group=group, server=server)
+        app.wait_for_log("RabbitMQ unreachable at 127.0.0.1")
+        assert "property 'spring.rabbitmq.host'" in app.log
+        wait_for(lambda: app.port and health(app)[0] == 503, 30, "health DOWN while no broker answers")
+        server.start()
+        app.wait_for_log("Consuming", timeout=90)
+        rabbit = Rabbit(server)
+        rabbit.declare_group(sink, "check")
+        rabbit.publish(source, [b"late"])
+        assert [b for _, _, b in rabbit.read(f"{sink}.check", 1)] == [b"late"]
+        rabbit.close()
+        assert app.stop() == 0
+    finally:
+        server.remove()
+
+
+def test_an_output_exchange_deleted_under_the_app_holds_the_messages_until_it_is_back(
+        start_rabbit_app: Callable[..., App], rabbit: Rabbit, names: Callable[[str], str]) -> None:
+    source, sink, group = names("in"), names("out"), names("g")
+    rabbit.declare_group(sink, "check")
+    app = start_rabbit_app("processor", source, {"output": sink}, group=group)
+    app.wait_for_log("Consuming")
+    rabbit.channel.exchange_delete(sink)  # the broker closes the publishing channel: 404 NOT_FOUND
+    rabbit.publish(source, [b"kept"])
+    wait_for(lambda: "NOT_FOUND" in json.dumps(health(app)[1]), 30, "health DOWN naming the refusal")
+    assert rabbit.depth(f"{sink}.check") == 0  # nothing was published: the message waits, unacknowledged
+    rabbit.declare_group(sink, "check")  # a peer declares the exchange again
+    assert [b for _, _, b in rabbit.read(f"{sink}.check", 1, timeout=60)] == [b"kept"]
+    wait_for(lambda: health(app)[0] == 200, 60, "health UP again")
+    assert app.stop() == 0
+
+
 @pytest.mark.parametrize(("args", "env", "message"), [
     (["--spring.rabbitmq.host=127.0.0.1"], {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": "127.0.0.1:9"},
      "choose one with 'spring.cloud.stream.defaultBinder'"),

@@ -209,7 +209,9 @@ class Publisher:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.channel: Any = None
-        self.generation = -1
+        self.generation = -1  # the connection's, when the channel was opened
+        self.epoch = 0  # one more for every channel: a handle of an older one failed with the channel
+        self.closed_why = "the channel closed before the broker confirmed"
         self.next_seq = 1
         self.outstanding: deque[int] = deque()  # publish sequence numbers not confirmed yet, in order
         self.done: set[int] = set()  # confirmed one by one, above the first outstanding
@@ -217,15 +219,23 @@ class Publisher:
         self._mark = 1  # where the sends of the current round of settled() calls start
         connection.publisher = self
 
+    def _usable(self) -> bool:
+        return self.channel is not None and self.channel.is_open and self.generation == self.connection.generation
+
     def _open(self) -> Any:
-        if self.channel is None or self.generation != self.connection.generation:
+        if not self._usable():
             if not self.connection.revive():
                 raise SendError(self.connection.problem or "not connected to RabbitMQ")
-            channel = self.connection.connection.channel()
+            try:
+                channel = self.connection.connection.channel()
+            except (AMQPError, OSError) as error:
+                self.connection.lost(error)
+                raise SendError(_describe(error)) from None
+            # Its asynchronous channel: publishes that do not wait, confirms counted by the callback.
             impl = channel._impl
             impl.confirm_delivery(ack_nack_callback=self._confirmed, callback=lambda _frame: None)
             self.connection.pump(0.0)
-            self.channel, self.generation = impl, self.connection.generation
+            self.channel, self.generation, self.epoch = impl, self.connection.generation, self.epoch + 1
             self.next_seq, self.outstanding, self.done, self.nacked, self._mark = 1, deque(), set(), set(), 1
         return self.channel
 
@@ -237,7 +247,7 @@ class Publisher:
         except (TypeError, ValueError, AssertionError) as error:  # pika cannot encode a header value
             raise RecordError(f"message not encodable: {error}") from None
         except AMQPChannelError as error:
-            self.channel = None
+            self._closed(error)
             raise SendError(_describe(error)) from None
         except (AMQPConnectionError, OSError) as error:
             self.connection.lost(error)
@@ -245,7 +255,7 @@ class Publisher:
         seq = self.next_seq
         self.next_seq += 1
         self.outstanding.append(seq)
-        return self.generation, seq
+        return self.epoch, seq
 
     def _confirmed(self, frame: Any) -> None:
         method = frame.method
@@ -258,19 +268,29 @@ class Publisher:
                     self.nacked.add(seq)
         else:
             (self.nacked if failed else self.done).add(tag)
-        while (self.outstanding and self.outstanding[0] in self.done) or (self.outstanding and self.outstanding[0] in \
-                self.nacked):
+        while self.outstanding and (self.outstanding[0] in self.done or self.outstanding[0] in self.nacked):
             self.done.discard(self.outstanding.popleft())
         if not self.outstanding:
             self.done.clear()
 
     def void(self) -> None:
         """The connection was lost: every handle of this channel failed."""
-        self.channel, self.outstanding, self.done = None, deque(), set()
+        self._closed(None)
+
+    def _closed(self, error: BaseException | None) -> None:
+        """The channel is gone (the broker closed it, or the connection): its unconfirmed sends failed."""
+        reason = self.connection.problem if error is None else f"the broker closed the channel ({_describe(error)})"
+        self.closed_why = reason or "the channel closed before the broker confirmed"
+        self.channel, self.outstanding, self.done, self.epoch = None, deque(), set(), self.epoch + 1
 
     def flush(self, seconds: float) -> bool:
+        """Wait for the confirms of every send; True once none is outstanding (a closed channel failed them)."""
         deadline = time.monotonic() + seconds
-        while self.outstanding and self.generation == self.connection.generation:
+        while self.outstanding:
+            if not self._usable():
+                reason = getattr(self.channel, "_closing_reason", None) if self.channel is not None else None
+                self._closed(reason)
+                return True
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
@@ -278,9 +298,9 @@ class Publisher:
         return True
 
     def outcome(self, handle: tuple[int, int]) -> Exception | None:
-        generation, seq = handle
-        if generation != self.generation or self.connection.generation != generation:
-            return SendError(self.connection.problem or "the connection was lost before the broker confirmed")
+        epoch, seq = handle
+        if epoch != self.epoch:
+            return SendError(self.closed_why)
         if seq in self.nacked:
             return SendError("the broker refused the message (basic.nack)")
         if (self.outstanding and seq >= self.outstanding[0] and seq not in self.done) or seq >= self.next_seq:
@@ -293,7 +313,7 @@ class Publisher:
         if self.next_seq != self._mark:
             self.nacked = {seq for seq in self.nacked if seq >= self._mark}
             self._mark = self.next_seq
-        return not self.outstanding and not self.nacked and self.generation == self.connection.generation
+        return not self.outstanding and not self.nacked and self._usable()
 
 
 class Producer:
@@ -345,7 +365,8 @@ class Producer:
         return self.publisher.settled() if self.dead_letters is None or self.client.republish else True
 
     def close(self) -> None:
-        """The connection closes with the consumer."""
+        """Everything was flushed: close the connection (the consumer's close closes it too)."""
+        self.client.close()
 
 
 class Consumer:
@@ -546,8 +567,17 @@ class Client:
         return None if handle is None else self.publisher.outcome(handle)
 
     def _connected(self) -> None:
-        if self.connection.connection is None:
-            self.connection.open()
+        """Connect at start, trying again with back-off while no broker answers (SIGTERM ends the wait)."""
+        pause = RECONNECT_FIRST
+        while self.connection.connection is None:
+            try:
+                self.connection.open()
+            except AMQPConnectionError as error:
+                self.connection.problem = f"RabbitMQ unreachable at {','.join(self.servers)} ({_describe(error)})"
+                log.warning("%s (property '%s'): trying again in %.0f s", self.connection.problem,
+                            self.servers_property, pause)
+                time.sleep(pause)  # a signal handler interrupts it: SIGTERM ends the start
+                pause = min(pause * 2, RECONNECT_LONGEST)
 
     def producer(self, binding: str | None, carries: InputBinding | None = None) -> Producer:
         self._connected()
