@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import signal
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,6 +193,63 @@ def test_partitioned_output_lands_in_the_partition_queues_and_partitioned_input_
     assert rabbit.depth(f"{middle}.{group}-0") + rabbit.depth(f"{middle}.{group}-2") == 30 - len(wanted)
     for app in (producer, consumer):
         assert app.stop() == 0
+
+
+# The fault suite's payload abuse, on RabbitMQ: case -> (body, content type, extra headers).
+ABUSE: dict[str, tuple[bytes, str | None, int]] = {
+    "empty": (b"", "text/plain", 0),
+    "1 MB": (b"x" * 999_999 + b"4", "text/plain", 0),
+    "2 MiB": (b"y" * (2 * 1024 * 1024 - 1) + b"6", "text/plain", 0),  # RabbitMQ takes it: no size refusal here
+    "invalid UTF-8": (b"\xff\xfe 10:00:01", "text/plain", 0),
+    "NUL bytes": (b"10:00\x0002", "text/plain", 0),
+    "1,000 headers": (b"10:00:03", "text/plain", 1000),  # a header frame must fit frame_max (128 KiB)
+    "binary content type": (b"\x00\x01\xfe\xff7", "application/octet-stream", 0),
+    "no content type": (b'"10:00:05"', None, 0),  # application/json, as Spring reads it
+}
+ABUSE_PATHS = {
+    "processor": {"empty": "output", "1 MB": "output", "2 MiB": "output", "invalid UTF-8": "dlq",
+                  "NUL bytes": "output", "1,000 headers": "output", "binary content type": "output",
+                  "no content type": "output"},
+    "router": {"empty": "dlq", "1 MB": "even", "2 MiB": "even", "invalid UTF-8": "dlq", "NUL bytes": "even",
+               "1,000 headers": "odd", "binary content type": "dlq", "no content type": "odd"},
+}
+
+
+@pytest.mark.parametrize("kind", ["processor", "router"])
+def test_abusive_payloads_take_their_documented_path_and_the_app_keeps_running(
+        kind: str, start_rabbit_app: Callable[..., App], rabbit: Rabbit, names: Callable[[str], str]) -> None:
+    source, group = names("in"), names("g")
+    sinks = {"output": names("out")} if kind == "processor" else {"even": names("even"), "odd": names("odd")}
+    for destination in sinks.values():
+        rabbit.declare_group(destination, "check")
+    app = start_rabbit_app(kind, source, sinks, "--reversestring=true", DLQ, *FAST_RETRY, group=group)
+    app.wait_for_log("Consuming")
+    for case, (body, content_type, extra) in ABUSE.items():
+        headers = {"case": case, "when": datetime.datetime(2026, 12, 2), "nested": {"a": [1, "b"]},
+                   **{f"x-abuse-{i:04d}": "0123456789abcdef" for i in range(extra)}}
+        rabbit.publish(source, [body], content_type=content_type, headers=headers)
+    rabbit.publish(source, [b"10:00:08"], headers={"case": "after"})
+    queues = {**{binding: f"{d}.check" for binding, d in sinks.items()}, "dlq": f"{source}.{group}.dlq"}
+    where: dict[str, tuple[str, Any, bytes]] = {}
+
+    def arrived() -> bool:
+        for binding, queue in queues.items():
+            for _, properties, body in rabbit.read(queue, 0, timeout=0):
+                where[properties.headers["case"]] = (binding, properties, body)
+        return len(where) == len(ABUSE) + 1
+
+    wait_for(arrived, 120, "every message on its path", interval=0.2)
+    after = "output" if kind == "processor" else "even"
+    assert {case: binding for case, (binding, _, _) in where.items()} == {**ABUSE_PATHS[kind], "after": after}
+    for case, (binding, properties, body) in where.items():
+        if binding == "dlq":
+            assert body == ABUSE[case][0], case
+            assert properties.headers["x-original-exchange"] == source
+        assert properties.headers["nested"] == {"a": [1, "b"]}, case  # AMQP values pass through as they came
+    assert sum(k.startswith("x-abuse-") for k in where["1,000 headers"][1].headers) == 1000
+    assert app.process.poll() is None
+    assert health(app)[0] == 200
+    assert app.stop() == 0
 
 
 @pytest.fixture
