@@ -18,6 +18,7 @@ from devkit.rabbitmq import RabbitMQ
 from devkit.waiting import wait_for
 
 LATENCY_RATE, LATENCY_RECORDS = 100, 1000
+CONFIRM_EACH_RECORDS = 20_000  # about 1,300 messages/s: the whole input would take minutes a run
 
 
 class RabbitBench:
@@ -45,19 +46,19 @@ class RabbitBench:
         self.channel.queue_bind(queue, exchange, "#")
         return queue
 
-    def _fill(self, exchange: str, group: str) -> str:
-        """The input group queue with ``records`` persistent text messages, as Spring's producer publishes them."""
+    def _fill(self, exchange: str, group: str, count: int) -> str:
+        """The input group queue with ``count`` persistent text messages, as Spring's producer publishes them."""
         queue = self._group_queue(exchange, group)
         properties = pika.BasicProperties(content_type="text/plain", delivery_mode=2)
-        for i in range(self.records):
+        for i in range(count):
             self.channel.basic_publish(exchange, exchange, self.value(i).encode(), properties)
-        wait_for(lambda: self._depth(queue) >= self.records, 120, "the input queue filled")
+        wait_for(lambda: self._depth(queue) >= count, 300, "the input queue filled")
         return queue
 
     def _depth(self, queue: str) -> int:
         return self.channel.queue_declare(queue, passive=True).method.message_count
 
-    def _rate(self, outputs: list[str], process: subprocess.Popen | None = None) -> float:
+    def _rate(self, outputs: list[str], count: int, process: subprocess.Popen | None = None) -> float:
         """Messages per second from the first output message to the last, read off the queues' depths."""
         first = None
         deadline = time.monotonic() + 600
@@ -66,21 +67,22 @@ class RabbitBench:
             now = time.perf_counter()
             if total and first is None:
                 first = (now, total)
-            if total >= self.records:
+            if total >= count:
                 return (total - first[1]) / max(now - first[0], 1e-3) if now > first[0] else float("inf")
-            if process is not None and process.poll() is not None and total < self.records:
+            if process is not None and process.poll() is not None and total < count:
                 raise RuntimeError(f"the loop exited with {process.returncode} after {total} messages")
             self.connection.sleep(0.02)
         raise RuntimeError("the run did not finish in 10 minutes")
 
     def run_loop(self, confirm: bool) -> float:
         source, sink = self._name("in"), self._name("out")
-        queue, out = self._fill(source, "g"), self._group_queue(sink, "bench")
+        count = min(self.records, CONFIRM_EACH_RECORDS) if confirm else self.records
+        queue, out = self._fill(source, "g", count), self._group_queue(sink, "bench")
         command = [sys.executable, str(self.root / "bench" / "pika_bare.py"), self.server.url, queue, sink,
-                   str(self.records), *(["confirm"] if confirm else [])]
+                   str(count), *(["confirm"] if confirm else [])]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            return self._rate([out], process)
+            return self._rate([out], count, process)
         finally:
             process.kill()
             process.wait(30)
@@ -96,7 +98,7 @@ class RabbitBench:
         """Throughput of one app over a filled queue, and its peak RSS in MB."""
         root = root or self.root
         source = self._name("in")
-        self._fill(source, "g")
+        self._fill(source, "g", self.records)
         if kind == "router":
             sinks = {"even": self._name("even"), "odd": self._name("odd")}
             script = "polyglot-python-app/python_router_app.py"
@@ -105,7 +107,7 @@ class RabbitBench:
         outputs = [self._group_queue(dest, "bench") for dest in sinks.values()]
         app = self._app(script, source, sinks, "g", f"rabbit-{kind}-{self.serial}.log", root)
         try:
-            rate = self._rate(outputs)
+            rate = self._rate(outputs, self.records)
             status = Path(f"/proc/{app.process.pid}/status").read_text()
             rss = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
             app.stop()
