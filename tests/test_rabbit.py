@@ -334,3 +334,17 @@ def test_a_binder_misconfiguration_is_one_line_naming_the_property(
                      f"--spring.cloud.stream.bindings.output.destination={names('out')}", *args], env)
     assert app.process.wait(30) == 1
     assert message in app.log
+
+
+def test_a_source_and_a_sink_run_on_the_rabbit_binder_too(
+        start_rabbit_app: Callable[..., App], rabbit: Rabbit, names: Callable[[str], str], tmp_path: Path) -> None:
+    numbers, group, out = names("numbers"), names("g"), tmp_path / "sink.txt"
+    sink = start_rabbit_app("sink", numbers, {}, f"--sink.file={out}", group=group)
+    sink.wait_for_log("Consuming")
+    source = start_rabbit_app("source", None, {"output": numbers}, "--count=20",
+                              "--spring.integration.poller.fixed-delay=5")
+    wait_for(lambda: out.exists() and out.read_text().splitlines() == [str(n) for n in range(1, 21)], 60,
+             "the sink to write what the source sent")
+    assert "Polling next_number every 5 ms with the rabbit binder (pika)" in source.log
+    assert source.stop() == 0
+    assert sink.stop() == 0
