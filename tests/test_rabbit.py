@@ -234,7 +234,7 @@ def test_abusive_payloads_take_their_documented_path_and_the_app_keeps_running(
 
     def arrived() -> bool:
         for binding, queue in queues.items():
-            for _, properties, body in rabbit.read(queue, 0, timeout=0):
+            for _, properties, body in rabbit.read(queue, 0, timeout=1):
                 where[properties.headers["case"]] = (binding, properties, body)
         return len(where) == len(ABUSE) + 1
 
@@ -245,7 +245,9 @@ def test_abusive_payloads_take_their_documented_path_and_the_app_keeps_running(
         if binding == "dlq":
             assert body == ABUSE[case][0], case
             assert properties.headers["x-original-exchange"] == source
-        assert properties.headers["nested"] == {"a": [1, "b"]}, case  # AMQP values pass through as they came
+        if case != "after":  # AMQP values pass through as they came
+            assert properties.headers["nested"] == {"a": [1, "b"]}, case
+            assert properties.headers["when"] == datetime.datetime(2026, 12, 2, tzinfo=datetime.UTC), case
     assert sum(k.startswith("x-abuse-") for k in where["1,000 headers"][1].headers) == 1000
     assert app.process.poll() is None
     assert health(app)[0] == 200
