@@ -13,8 +13,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 DEFAULT_LOCATIONS = ("optional:file:./", "optional:file:./config/", "optional:file:./config/*/",
                      "optional:file:/config/")
 LOCATION = "spring.config.location"
@@ -176,6 +174,8 @@ def _unescape(text: str, name: str, line: int) -> str:
 
 def read_yaml(text: str, name: str) -> dict[str, str]:
     """A YAML file's documents, flattened as Spring Boot does: ``a.b.c``, ``list[0]``, ``true``, null as empty."""
+    import yaml  # only when there is a YAML file: its C extension costs a megabyte or two of memory
+
     try:
         documents = list(yaml.safe_load_all(text))
     except yaml.YAMLError as error:
