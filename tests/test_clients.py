@@ -125,3 +125,31 @@ def test_the_binder_is_default_binder_or_the_connection_properties_set(
     assert chosen_binder(Properties(args, env)) == binder
     with pytest.raises(ConfigError, match=r"spring\.cloud\.stream\.kafka\.binder\.client"):
         open_client(Properties(["--spring.cloud.stream.kafka.binder.client=java"], {}))
+
+
+def test_rabbit_properties_this_binder_does_not_read_are_named() -> None:
+    from util.rabbit_config import unsupported
+
+    props = Properties(["--spring.cloud.stream.rabbit.bindings.input.consumer.prefix=p",
+                        "--spring.cloud.stream.rabbit.bindings.input.consumer.autoBindDlq=true",
+                        "--spring.cloud.stream.rabbit.default.producer.quorum.enabled=true",
+                        "--spring.cloud.stream.rabbit.binder.adminAddresses=x"],
+                       {"SPRING_CLOUD_STREAM_RABBIT_BINDINGS_INPUT_CONSUMER_MAXLENGTH": "5"})
+    assert unsupported(props) == ["spring.cloud.stream.rabbit.binder.adminAddresses",
+                                  "spring.cloud.stream.rabbit.bindings.input.consumer.prefix"]
+
+
+def test_rabbit_queue_arguments_are_springs_for_the_same_properties() -> None:
+    from util.rabbit_config import consumer_properties, queue_arguments
+
+    args = ["--spring.cloud.stream.rabbit.bindings.input.consumer.autoBindDlq=true",
+            "--spring.cloud.stream.rabbit.bindings.input.consumer.ttl=5000",
+            "--spring.cloud.stream.rabbit.bindings.input.consumer.maxLength=10",
+            "--spring.cloud.stream.rabbit.bindings.input.consumer.lazy=true",
+            "--spring.cloud.stream.rabbit.default.consumer.deadLetterExchange=MYDLX"]
+    props = Properties(args, {})
+    settings = {key: props.get(prop) for key, prop in consumer_properties().items()}
+    assert queue_arguments(settings, "d.g") == {"x-dead-letter-exchange": "MYDLX", "x-dead-letter-routing-key": "d.g",
+                                                "x-max-length": 10, "x-message-ttl": 5000, "x-queue-mode": "lazy"}
+    plain = Properties([], {})
+    assert queue_arguments({key: plain.get(prop) for key, prop in consumer_properties().items()}, "d.g") == {}

@@ -43,6 +43,7 @@ from .rabbit_config import (
     consumer_properties,
     group_queue,
     producer_properties,
+    unsupported,
 )
 
 log = logging.getLogger(__name__)
@@ -542,6 +543,8 @@ class Client:
                               f"'{consumer_properties()['prefetch'].name}': expected 1 or more")
         self.source: RabbitInput | None = None
         self.consumer_: Consumer | None = None
+        if ignored := unsupported(properties):
+            log.warning("Rabbit binder properties this binder does not support, ignored: %s", ", ".join(ignored))
 
     # -- what the loop asks of every transport --------------------------------------------------
     def problem(self) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .arguments import ConfigError, Properties, Property
+from .arguments import ConfigError, Properties, Property, canonical
 
 RABBIT = "spring.rabbitmq"
 HOST = Property(f"{RABBIT}.host", str, "localhost", "RabbitMQ host (rabbit binder).")
@@ -165,3 +165,17 @@ def group_queue(destination: str, queue: str, key: str, settings: Mapping[str, A
                 channel.queue_bind(dlq, settings["dlx"], base)
 
     return declare
+
+
+def unsupported(properties: Properties) -> list[str]:
+    """The ``spring.cloud.stream.rabbit.*`` properties set that this binder does not read (a warning names them)."""
+    known = {canonical(prop.name.split(f".{side}.", 1)[1])
+             for side in ("consumer", "producer") for prop in queue_properties("x", side).values()}
+    known.add("prefetch")
+    found = []
+    for key in properties.subtree("spring.cloud.stream.rabbit", as_written=True):
+        parts = canonical(key).split(".")
+        leaf = ".".join(parts[3:]) if parts[0] == "bindings" else ".".join(parts[2:]) if parts[0] == "default" else ""
+        if leaf not in known:
+            found.append(f"spring.cloud.stream.rabbit.{key}")
+    return sorted(found)
