@@ -433,7 +433,11 @@ class Consumer:
             return False
         if self.generation != connection.generation:
             self.revoked(list(self.queues))
-            self._start()
+            try:
+                self._start()
+            except (AMQPError, OSError) as error:  # say a queue gone between the declarations and the consume
+                connection.lost(error)
+                return False
         return True
 
     def poll(self, seconds: float) -> Mapping[tuple[str, int], list[Record]]:
