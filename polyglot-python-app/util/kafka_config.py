@@ -12,8 +12,12 @@ import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .arguments import ConfigError, Properties, Property
+
+if TYPE_CHECKING:
+    from .bindings import InputBinding
 
 log = logging.getLogger(__name__)
 
@@ -134,3 +138,19 @@ def whole_number(key: str, value: str) -> int:
         return int(value.strip())
     except ValueError:
         raise ConfigError(f"Invalid value for Kafka property '{key}': expected a whole number") from None
+
+
+class KafkaClient:
+    """What both Kafka clients answer alike: the brokers for health and logs, the input binding as it is."""
+
+    def __init__(self, properties: Properties) -> None:
+        self.properties = properties
+        self.servers = bootstrap_servers(properties)
+        self.servers_property = BROKERS.name
+
+    def problem(self) -> str | None:
+        """Both clients reconnect by themselves: the binder's reachability check says when no broker answers."""
+        return None
+
+    def input(self, binding: InputBinding) -> InputBinding:
+        return binding

@@ -177,7 +177,7 @@ class _Listener(ConsumerRebalanceListener):
         self.assigned(sorted((tp.topic, tp.partition) for tp in assigned))
 
 
-class Client:
+class Client(kafka_config.KafkaClient):
     """kafka-python clients configured from the binder's properties."""
 
     name = NAME
@@ -186,18 +186,6 @@ class Client:
     about_the_record = staticmethod(about_the_record)
     too_large = staticmethod(too_large)
     outcome = staticmethod(outcome)
-
-    def __init__(self, properties: Properties) -> None:
-        self.properties = properties
-        self.servers = kafka_config.bootstrap_servers(properties)
-        self.servers_property = kafka_config.BROKERS.name
-
-    def problem(self) -> str | None:
-        """kafka-python reconnects by itself: the binder's reachability check says when no broker answers."""
-        return None
-
-    def input(self, binding: InputBinding) -> InputBinding:
-        return binding
 
     def producer(self, binding: str | None, carries: InputBinding | None = None) -> Producer:
         """The producer of an output binding; with ``carries``, the DLQ producer of that input binding.

@@ -306,7 +306,7 @@ def _metadata(client: Any, topic: str | None = None, seconds: float = 10) -> dic
                 client.poll(0)
 
 
-class Client:
+class Client(kafka_config.KafkaClient):
     """librdkafka clients configured from the binder's properties."""
 
     name = NAME
@@ -317,17 +317,8 @@ class Client:
     outcome = staticmethod(outcome)
 
     def __init__(self, properties: Properties) -> None:
-        self.properties = properties
+        super().__init__(properties)
         self._admin: AdminClient | None = None
-        self.servers = kafka_config.bootstrap_servers(properties)
-        self.servers_property = kafka_config.BROKERS.name
-
-    def problem(self) -> str | None:
-        """librdkafka reconnects by itself: the binder's reachability check says when no broker answers."""
-        return None
-
-    def input(self, binding: InputBinding) -> InputBinding:
-        return binding
 
     def producer(self, binding: str | None, carries: InputBinding | None = None) -> Producer:
         """The producer of an output binding; with ``carries``, the DLQ producer of that input binding.
