@@ -350,3 +350,17 @@ def test_a_source_and_a_sink_run_on_the_rabbit_binder_too(
     assert "Polling next_number every 5 ms with the rabbit binder (pika)" in source.log
     assert source.stop() == 0
     assert sink.stop() == 0
+
+
+def test_an_input_queue_deleted_under_the_app_is_declared_again_and_consumed(
+        start_rabbit_app: Callable[..., App], rabbit: Rabbit, names: Callable[[str], str]) -> None:
+    source, sink, group = names("in"), names("out"), names("g")
+    rabbit.declare_group(sink, "check")
+    app = start_rabbit_app("processor", source, {"output": sink}, group=group)
+    app.wait_for_log("Consuming")
+    rabbit.channel.queue_delete(f"{source}.{group}")  # the broker cancels the app's consumer
+    app.wait_for_log("cancelled the consumer of queue")
+    wait_for(lambda: app.log.count("Connected to RabbitMQ") >= 2, 60, "a reconnection")
+    rabbit.publish(source, [b"again"])
+    assert [b for _, _, b in rabbit.read(f"{sink}.check", 1, timeout=60)] == [b"again"]
+    assert app.stop() == 0

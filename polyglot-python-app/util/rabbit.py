@@ -382,6 +382,7 @@ class Consumer:
         self.buffered: dict[tuple[str, int], deque[Record]] = {}
         self.unacked: dict[tuple[str, int], deque[int]] = {}  # delivery tags not acknowledged, in order
         self.paused: set[tuple[str, int]] = set()
+        self.cancelled: list[str] = []  # queues whose consumer the broker cancelled (the queue was deleted)
         self.queues: dict[tuple[str, int], str] = {}
         self.assigned: Callable[[list[tuple[str, int]]], None] = lambda _partitions: None
         self.revoked: Callable[[list[tuple[str, int]]], None] = lambda _partitions: None
@@ -409,6 +410,7 @@ class Consumer:
             channel = connection.channel()
             channel.basic_qos(prefetch_count=self.client.prefetch)
             channel.basic_consume(queue, self._on_message(tp))
+            channel.add_on_cancel_callback(lambda _frame, queue=queue: self.cancelled.append(queue))
             self.channels[tp] = channel
             self.buffered[tp], self.unacked[tp] = deque(), deque()
         self.assigned(list(self.queues))
@@ -429,6 +431,9 @@ class Consumer:
 
     def _usable(self) -> bool:
         connection = self.client.connection
+        if self.cancelled:  # reconnecting declares the queue again and consumes it anew
+            connection.lost(RuntimeError(f"the broker cancelled the consumer of queue '{self.cancelled[0]}'"))
+            self.cancelled.clear()
         if not connection.revive():
             return False
         if self.generation != connection.generation:
