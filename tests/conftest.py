@@ -201,11 +201,6 @@ class Rabbit:
         self.connection = pika.BlockingConnection(pika.URLParameters(server.url))
         self.channel = self.connection.channel()
 
-    @property
-    def env(self) -> dict[str, str]:
-        """What Data Flow's Kubernetes platform account sets on every app (no credentials: the defaults)."""
-        return {"SPRING_RABBITMQ_HOST": "127.0.0.1", "SPRING_RABBITMQ_PORT": str(self.server.port)}
-
     def publish(self, exchange: str, bodies: Sequence[bytes], content_type: str | None = "text/plain",
                 headers: dict[str, Any] | None = None, routing_key: str | None = None) -> None:
         """As Spring's producer: persistent, routing key = the destination."""

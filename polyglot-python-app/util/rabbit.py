@@ -321,7 +321,7 @@ class Producer:
     """An output binding's exchange; with ``dead_letters``, an input's DLQ (republished, or rejected)."""
 
     def __init__(self, client: Client, binding: str | None, dead_letters: RabbitInput | None = None) -> None:
-        self.client, self.binding, self.dead_letters = client, binding, dead_letters
+        self.client, self.dead_letters = client, dead_letters
         self.publisher = client.publisher
         self.count = 1
         self.max_request_size = max(0, client.connection.frame_max - FRAME_HEADROOM) + 1024
