@@ -92,8 +92,9 @@ class MariaDB(_Server):
         finally:
             connection.close()
 
-    def create_database(self, name: str, user: str, password: str, ddl: str) -> None:
-        self.admin(f"CREATE DATABASE `{name}`",
+    def create_database(self, name: str, user: str, password: str, ddl: str, charset: str | None = None) -> None:
+        """A database (the server's default character set unless ``charset``), its user, its tables."""
+        self.admin(f"CREATE DATABASE `{name}`" + (f" CHARACTER SET {charset}" if charset else ""),
                    f"CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY {_sql_string(password)}",
                    f"GRANT ALL ON `{name}`.* TO '{user}'@'%'")
         statements = [s for s in ddl.split(";") if s.strip()]
@@ -129,11 +130,13 @@ class PostgreSQL(_Server):
                 rows = cursor.fetchall() if cursor.description else []
             return rows
 
-    def create_database(self, name: str, user: str, password: str, ddl: str) -> None:
+    def create_database(self, name: str, user: str, password: str, ddl: str, charset: str | None = None) -> None:
+        """A database (the server's default encoding unless ``charset``), its role, its tables."""
         exists = self.admin(f"SELECT 1 FROM pg_roles WHERE rolname = {_sql_string(user)}")
         if not exists:
             self.admin(f'CREATE ROLE "{user}" LOGIN PASSWORD {_sql_string(password)}')
-        self.admin(f'CREATE DATABASE "{name}" OWNER "{user}"')
+        encoding = f" ENCODING '{charset}' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0" if charset else ""
+        self.admin(f'CREATE DATABASE "{name}" OWNER "{user}"{encoding}')
         statements = [s for s in ddl.split(";") if s.strip()]
         self.admin(f'SET ROLE "{user}"', *statements, database=name)
 

@@ -1,10 +1,12 @@
-"""A loopback Kafka proxy that answers produce requests for chosen topics with an error, as a broker would.
+"""A loopback Kafka proxy that refuses, holds or corrupts what passes, as a broker or a network would.
 
 Tests put it in front of Tansu (which advertises the proxy's address, so every client connection goes
-through it) to see how an app handles refusals Tansu never makes: an ACL not yet applied
-(``TOPIC_AUTHORIZATION_FAILED``), a record over the broker's size limit. A refused produce request is
-answered by the proxy and never reaches the broker, so nothing is written. Everything else passes
-through unchanged, in order.
+through it) to see how an app handles what Tansu never does: an ACL not yet applied
+(``TOPIC_AUTHORIZATION_FAILED``), a record over the broker's size limit (``refuse``: the proxy answers,
+nothing is written); a broker that takes produce requests and never answers them (``hold``); a byte
+flipped in a fetched batch, so its CRC no longer matches (``corrupt``); an address that accepts
+connections and resets them at once, as a load balancer in front of a dead broker (``reset``).
+Everything else passes through unchanged, in order.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections import deque
 from kafka.protocol.producer import ProduceRequest, ProduceResponse
 
 PRODUCE = 0
+UNANSWERED, SWALLOW = "unanswered", "swallow"
 
 
 def _read_frame(sock: socket.socket) -> bytes | None:
@@ -49,6 +52,10 @@ class KafkaProxy:
         self.upstream, self.port = upstream, port
         self.refused = 0  # partitions of produce requests answered with an error
         self._refusals: dict[str, int] = {}
+        self._held: set[str] = set()
+        self._marker: bytes | None = None
+        self.corrupted = 0  # fetch responses with a byte flipped
+        self.resetting = False
         self._lock = threading.Lock()
         self._links: list[_Link] = []
         self._listener: socket.socket | None = None
@@ -60,6 +67,34 @@ class KafkaProxy:
     def allow(self, topic: str) -> None:
         with self._lock:
             self._refusals.pop(topic, None)
+            self._held.discard(topic)
+
+    def hold(self, topic: str) -> None:
+        """Produce requests for ``topic`` are swallowed: neither written nor answered (until the client gives up)."""
+        with self._lock:
+            self._held.add(topic)
+
+    def corrupt(self, marker: bytes | None) -> None:
+        """Flip the first byte of ``marker`` wherever it appears in a response (None: stop)."""
+        with self._lock:
+            self._marker = marker
+
+    def reset(self, on: bool = True) -> None:
+        """Reset every connection at once, the open ones and each new one (False: accept again)."""
+        self.resetting = on
+        if on:
+            for link in list(self._links):
+                link.close(reset=True)
+
+    def damage(self, frame: bytes) -> bytes:
+        """A response frame, with the marker's first byte flipped where it appears."""
+        marker = self._marker
+        if marker is None or marker not in frame:
+            return frame
+        with self._lock:
+            self.corrupted += 1
+        flipped = bytes([marker[0] ^ 0x20]) + marker[1:]
+        return frame.replace(marker, flipped)
 
     def start(self) -> KafkaProxy:
         self._listener = socket.create_server(("127.0.0.1", self.port))
@@ -79,13 +114,22 @@ class KafkaProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.resetting:
+                _reset(client)
+                continue
+            self._links = [link for link in self._links if not link.closed]
             self._links.append(_Link(self, client))
 
-    def answer(self, version: int, frame: bytes) -> bytes | bool | None:
-        """A produce request's own error response when every topic in it is refused; False: no response at all."""
+    def answer(self, version: int, frame: bytes) -> bytes | str | None:
+        """What to do with a produce request: None, forward it (the broker answers); UNANSWERED, forward it
+        (acks=0: nobody answers); SWALLOW, drop it (a held topic); bytes, the proxy's own error response
+        (every topic in it refused)."""
         request = ProduceRequest.decode(frame, version=version, header=True)
+        with self._lock:
+            if any(t.name in self._held for t in request.topic_data):
+                return SWALLOW
         if request.acks == 0:
-            return False
+            return UNANSWERED
         with self._lock:
             codes = {t.name: self._refusals.get(t.name) for t in request.topic_data}
         if None in codes.values():
@@ -107,6 +151,7 @@ class _Link:
     def __init__(self, proxy: KafkaProxy, client: socket.socket) -> None:
         self.proxy, self.client = proxy, client
         self.broker = socket.create_connection(("127.0.0.1", proxy.upstream))
+        self.closed = False
         self.order: deque[bytes | None] = deque()  # None: the broker answers this one; bytes: the proxy's answer
         self.lock = threading.Lock()
         threading.Thread(target=self._upstream, daemon=True).start()
@@ -121,6 +166,8 @@ class _Link:
                     self.order.append(own)
                     self._send_own()
                     continue
+                if own == SWALLOW:
+                    continue
                 if own is None:
                     self.order.append(None)
                 try:
@@ -134,6 +181,7 @@ class _Link:
             with self.lock:
                 if self.order:
                     self.order.popleft()
+                frame = self.proxy.damage(frame)
                 try:
                     self.client.sendall(struct.pack(">i", len(frame)) + frame)
                 except OSError:
@@ -146,8 +194,18 @@ class _Link:
             with contextlib.suppress(OSError):
                 self.client.sendall(self.order.popleft())
 
-    def close(self) -> None:
+    def close(self, reset: bool = False) -> None:
+        self.closed = True
+        if reset:
+            _reset(self.client)
         for sock in (self.client, self.broker):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a load balancer with no backend does."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()

@@ -1,21 +1,29 @@
-"""The actuator under abuse: only GET and HEAD, oversized requests refused, slow clients never block probes."""
+"""The actuator under abuse: only GET and HEAD, oversized requests refused, slow clients hold up no probe."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import logging
+import resource
+import selectors
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from conftest import Figures
 from devkit.apps import App
+from util.httpd import Request, Response, Server
 
 pytestmark = pytest.mark.one_client  # the actuator knows no Kafka client
 PATHS = ("/actuator/health", "/actuator/health/liveness", "/actuator/health/readiness", "/actuator/info",
          "/actuator/prometheus")
 SLOW_CLIENTS = 200
+FLOOD = 3000  # slow connections, far past the actuator's cap on open connections
+PROBE_TIMEOUT = 5.0
 
 
 @pytest.fixture
@@ -96,3 +104,149 @@ def test_slow_clients_cannot_block_the_probes(app: App, figures: Figures) -> Non
     figures.add(f"{SLOW_CLIENTS} connections opened at once", f"{opened:.2f} s")
     figures.add(f"probe answer time with {SLOW_CLIENTS} slow connections open (max of 10)",
                 f"{1000 * max(timings):.0f} ms")
+
+
+def threads_and_memory(pid: int) -> tuple[int, float, int]:
+    """Threads, resident memory (MiB) and open file descriptors of a process."""
+    status = dict(line.split(":", 1) for line in (Path(f"/proc/{pid}/status").read_text().splitlines()))
+    return int(status["Threads"]), int(status["VmRSS"].split()[0]) / 1024, len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def probe_times(port: int) -> list[float]:
+    """Seconds each of ten liveness and readiness probes took; ``PROBE_TIMEOUT`` for one that got no answer."""
+    timings = []
+    for path in ("/actuator/health/liveness", "/actuator/health/readiness") * 5:
+        started = time.monotonic()
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=PROBE_TIMEOUT)
+            connection.request("GET", path)
+            response = connection.getresponse()
+            response.read()
+            connection.close()
+            timings.append(time.monotonic() - started if response.status == 200 else PROBE_TIMEOUT)
+        except OSError:  # a timeout, or a refused or reset connection: a failed probe
+            timings.append(PROBE_TIMEOUT)
+    return timings
+
+
+@pytest.fixture
+def open_files() -> Iterator[None]:
+    """Room in this process's RLIMIT_NOFILE for ``FLOOD`` sockets; the limit is put back after the test."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = FLOOD + 1024
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is under the {wanted} files the test opens")
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.usefixtures("open_files")
+def test_thousands_of_slow_clients_leave_probes_fast_and_threads_few(app: App, figures: Figures) -> None:
+    pid = app.process.pid
+    probe_times(app.port)  # the first answers build what they need: measured from here
+    threads, rss, files = threads_and_memory(pid)
+    slow = []
+    try:
+        for _ in range(FLOOD):  # each sends half a request and then nothing
+            sock = socket.create_connection(("127.0.0.1", app.port), timeout=10)
+            slow.append(sock)
+            sock.sendall(b"GET /actuator/health/liveness HTTP/1.1\r\nHost: x")
+        during = probe_times(app.port)
+        threads_during, rss_during, files_during = threads_and_memory(pid)
+    finally:
+        for sock in slow:
+            sock.close()
+    after = probe_times(app.port)
+    threads_after = threads_and_memory(pid)[0]
+    figures.add("app threads before, with 3,000 slow connections, after they closed",
+                f"{threads}, {threads_during}, {threads_after}")
+    figures.add("app RSS before and with 3,000 slow connections", f"{rss:.0f} MiB, {rss_during:.0f} MiB")
+    figures.add("app open files before and with 3,000 slow connections", f"{files}, {files_during}")
+    figures.add("probe answer time with 3,000 slow connections open (max of 10)", f"{1000 * max(during):.0f} ms")
+    figures.add("probe answer time right after they closed (max of 10)", f"{1000 * max(after):.0f} ms")
+    assert max(during) < 1.0, during
+    assert max(after) < 1.0, after
+    assert threads_during <= threads + 2
+    assert threads_after <= threads + 2
+    assert rss_during - rss < 20
+    assert files_during - files <= 520  # the cap on open connections, and nothing else
+
+
+def test_keep_alive_on_http_1_1_and_close_on_http_1_0_or_connection_close(app: App) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", app.port, timeout=10)
+    sockets = set()  # http.client opens a new connection, silently, when the server closed the last one
+    try:
+        for path in ("/actuator/health/liveness", "/actuator/prometheus", "/actuator/info"):
+            connection.request("GET", path)
+            response = connection.getresponse()
+            assert (response.status, response.will_close) == (200, False), path
+            sockets.add(connection.sock)
+            assert response.read()
+    finally:
+        connection.close()
+    assert len(sockets) == 1
+    for request in (b"GET /actuator/health HTTP/1.0\r\n\r\n",
+                    b"GET /actuator/health HTTP/1.1\r\nConnection: close\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
+            sock.sendall(request)
+            answer = b"".join(iter(lambda: sock.recv(65536), b""))  # the server closes: the read ends
+            assert answer.split(b" ", 2)[1] == b"200", request
+            assert b"\r\nConnection: close\r\n" in answer, request
+
+
+def closing_times(sockets: dict[str, socket.socket], trickle: str, started: float) -> dict[str, float]:
+    """Seconds from ``started`` until the server closed each socket; ``trickle`` sends a byte each silent second."""
+    closed: dict[str, float] = {}
+    with selectors.DefaultSelector() as selector:
+        for name, sock in sockets.items():
+            selector.register(sock, selectors.EVENT_READ, name)
+        while len(closed) < len(sockets) and time.monotonic() - started < 20:
+            events = selector.select(timeout=1)
+            for key, _ in events:
+                with contextlib.suppress(ConnectionResetError):
+                    assert sockets[key.data].recv(1) == b"", key.data
+                closed[key.data] = time.monotonic() - started
+                selector.unregister(key.fileobj)
+            if not events and trickle not in closed:
+                sockets[trickle].sendall(b"x")  # one more header byte: a request that never ends
+    return closed
+
+
+def test_idle_and_incomplete_connections_are_closed_after_ten_seconds(app: App, figures: Figures) -> None:
+    sockets = {name: socket.create_connection(("127.0.0.1", app.port), timeout=10)
+               for name in ("idle", "half a request", "a request trickled a byte a second")}
+    try:
+        for name, sock in sockets.items():
+            if name != "idle":
+                sock.sendall(b"GET /actuator/health HTTP/1.1\r\nX-Slow: ")
+        closed = closing_times(sockets, "a request trickled a byte a second", time.monotonic())
+    finally:
+        for sock in sockets.values():
+            sock.close()
+    for name, seconds in closed.items():
+        figures.add(f"{name}: connection closed after", f"{seconds:.1f} s")
+    assert set(closed) == set(sockets)
+    assert all(9 < seconds < 15 for seconds in closed.values()), closed
+    assert request(app.port, "GET", "/actuator/health").status == 200
+
+
+def test_a_failing_endpoint_answers_500_and_the_server_keeps_serving(caplog: pytest.LogCaptureFixture) -> None:
+    def handler(request: Request) -> Response:
+        if request.path == "/raises":
+            raise RuntimeError("a broken check")
+        return Response(999 if request.path == "/malformed" else 200, b"{}")
+
+    server = Server("127.0.0.1", 0, handler, logging.getLogger("test.httpd"), "test-httpd")
+    try:
+        with caplog.at_level(logging.ERROR, "test.httpd"):
+            assert request(server.port, "GET", "/raises").status == 500
+            with pytest.raises(http.client.RemoteDisconnected):  # an answer that cannot be sent: the connection closes
+                request(server.port, "GET", "/malformed")
+            assert request(server.port, "GET", "/fine").status == 200
+    finally:
+        server.stop()
+    assert [record.getMessage() for record in caplog.records] == [
+        "Cannot answer GET /raises", "Closing the connection from 127.0.0.1"]
+    assert all(record.exc_info for record in caplog.records)

@@ -1,22 +1,29 @@
-"""The task's faults on MariaDB and PostgreSQL: a database that restarts, one that stays down, kill -9."""
+"""The task's faults on MariaDB and PostgreSQL: a database that restarts, one that stays down, kill -9,
+text the database cannot store, a deep stack."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
+import uuid
 from collections.abc import Callable
 
-from conftest import ROOT, TASK_SCRIPT, Figures, TaskDatabase
+from sqlalchemy.exc import DataError
+
+from conftest import ROOT, TASK_SCRIPT, Figures, TaskDatabase, task_ddl
 from devkit.apps import App
 from devkit.databases import MariaDB, PostgreSQL
 from devkit.waiting import wait_for
+from util.task_status import _recording
+from util.task_text import MESSAGE_SIZE, Fit, fitter, stack_trace
 
 StartApp = Callable[..., App]
 RETRYING = "Cannot record the end of execution"
 
 
-def launch(start_app: StartApp, db: TaskDatabase, *args: str) -> App:
-    return start_app(TASK_SCRIPT, [*args, "--spring.cloud.task.name=python-task", *db.args])
+def launch(start_app: StartApp, db: TaskDatabase, *args: str, env: dict[str, str] | None = None) -> App:
+    return start_app(TASK_SCRIPT, [*args, "--spring.cloud.task.name=python-task", *db.args], env)
 
 
 def test_database_restart_during_the_run_still_completes_the_row(
@@ -117,3 +124,130 @@ def test_malicious_table_prefix_stops_the_launch_before_any_sql(
     assert "Invalid value for property 'spring.cloud.task.tablePrefix'" in errors[0]
     assert db.rows()[31]["START_TIME"] is None  # untouched: nothing reached the database
     assert db.server.admin(f"SELECT COUNT(*) FROM {db.table('SEQ')}", database=db.name)[0][0] >= 0
+
+
+# -- text the database cannot store as given ---------------------------------------------------------
+UNICODE = {"mariadb": "utf8mb4", "postgresql": "UTF8"}  # the test MariaDB's own default is latin1
+NOT_UTF8 = "caf\udce9"  # what Python makes of the bytes caf\xe9 in argv or the environment
+
+
+def charset_db(server: MariaDB | PostgreSQL, charset: str) -> TaskDatabase:
+    """A fresh database of ``charset`` with the task tables."""
+    db = TaskDatabase(server, f"task_{uuid.uuid4().hex[:10]}", "scdf", "scdf-secret")
+    server.create_database(db.name, db.user, db.password, task_ddl(server.name), charset)
+    return db
+
+
+def warnings(app: App) -> list[str]:
+    return [line for line in app.log.splitlines() if " WARN " in line]
+
+
+def test_non_utf8_launch_argument_is_stored_cleaned_and_the_run_completes(
+        server: MariaDB | PostgreSQL, start_app: StartApp) -> None:
+    db = charset_db(server, UNICODE[server.name])
+    db.insert_execution(41, "python-task")
+    app = launch(start_app, db, "--sleep.seconds=0", f"--note={NOT_UTF8}", "--spring.cloud.task.executionid=41")
+    assert app.wait(60) == 0, app.log
+    row = db.rows()[41]
+    assert row["END_TIME"] is not None
+    assert (row["EXIT_CODE"], row["ERROR_MESSAGE"]) == (0, None)
+    assert "--note=caf\ufffd" in db.params(41)
+    assert [line for line in warnings(app) if "TASK_PARAM" in line and "execution 41" in line], app.log
+
+
+def test_non_utf8_error_message_is_recorded_cleaned_and_the_task_exits_1(
+        server: MariaDB | PostgreSQL, start_app: StartApp) -> None:
+    db = charset_db(server, UNICODE[server.name])
+    db.insert_execution(42, "python-task")
+    app = launch(start_app, db, "--sleep.seconds=0", "--spring.cloud.task.executionid=42",
+                 "--task.end.retry-seconds=5", env={"ERROR_MESSAGE": NOT_UTF8})
+    assert app.wait(60) == 1, app.log
+    row = db.rows()[42]
+    assert row["END_TIME"] is not None
+    assert (row["EXIT_CODE"], row["EXIT_MESSAGE"]) == (1, None)
+    assert row["ERROR_MESSAGE"].startswith("RuntimeError: caf\ufffd\n"), row["ERROR_MESSAGE"]
+    assert [line for line in warnings(app) if "ERROR_MESSAGE" in line and "execution 42" in line], app.log
+
+
+def test_nul_in_the_exit_message_is_stored_cleaned_without_retrying(
+        server: MariaDB | PostgreSQL, start_app: StartApp) -> None:
+    db = charset_db(server, UNICODE[server.name])
+    db.insert_execution(43, "python-task")
+    app = launch(start_app, db, "--sleep.seconds=0", "--spring.cloud.task.executionid=43",
+                 "--task.end.retry-seconds=5", env={"SPRING_APPLICATION_JSON": json.dumps({"exit.message": "DONE\0"})})
+    assert app.wait(60) == 0, app.log
+    row = db.rows()[43]
+    assert row["END_TIME"] is not None
+    assert (row["EXIT_CODE"], row["EXIT_MESSAGE"]) == (0, "DONE\ufffd")
+    assert "retrying" not in app.log
+    assert [line for line in warnings(app) if "EXIT_MESSAGE" in line and "execution 43" in line], app.log
+
+
+def test_emoji_in_a_latin1_mariadb_database_is_stored_reduced(mariadb: MariaDB, start_app: StartApp) -> None:
+    db = charset_db(mariadb, "latin1")
+    db.insert_execution(44, "python-task")
+    app = launch(start_app, db, "--sleep.seconds=0", "--exit.message=DONE \U0001F600",
+                 "--spring.cloud.task.executionid=44", "--task.end.retry-seconds=5")
+    assert app.wait(60) == 0, app.log
+    row = db.rows()[44]
+    assert row["END_TIME"] is not None
+    assert (row["EXIT_CODE"], row["EXIT_MESSAGE"], row["ERROR_MESSAGE"]) == (0, "DONE ?", None)
+    assert "--exit.message=DONE ?" in db.params(44)
+    assert "retrying" not in app.log
+    refused = [line for line in warnings(app) if "Incorrect string value" in line]
+    assert len(refused) == 2, app.log  # one at the start (TASK_PARAM), one at the end (EXIT_MESSAGE)
+
+
+def test_each_form_writes_less_text_and_the_last_writes_null() -> None:
+    forms = [fitter(form, "execution 1", set())("EXIT_MESSAGE", "caf\udce9 \U0001F600\0") for form in range(3)]
+    assert forms == ["caf\ufffd \U0001F600\ufffd", "caf? ??", None]
+    assert fitter(0, "execution 1", set())("TASK_NAME", "n" * 150) == "n" * 100  # cut to VARCHAR(100)
+
+
+def test_a_value_refused_in_every_form_is_written_null_at_once() -> None:
+    written: list[str | None] = []
+
+    def write(fit: Fit) -> str:
+        written.append(fit("EXIT_MESSAGE", "DONE"))
+        if written[-1] is not None:
+            raise DataError("UPDATE", {}, Exception("refused"))
+        return "recorded"
+
+    started = time.monotonic()
+    assert _recording(write, 60, "end", "execution 1", "test database") == "recorded"
+    assert written == ["DONE", "DONE", None]
+    assert time.monotonic() - started < 1  # a refusal is never retried with back-off
+
+
+def dive(depth: int, message: str) -> None:
+    """``depth`` frames, alternating with ``climb`` so that Python does not fold them into one repeated line."""
+    if depth:
+        climb(depth - 1, message)
+    raise RuntimeError(message)
+
+
+def climb(depth: int, message: str) -> None:
+    dive(depth, message)
+
+
+def raised(depth: int, message: str) -> RuntimeError:
+    try:
+        dive(depth // 2, message)
+    except RuntimeError as error:
+        return error
+    raise AssertionError("dive did not raise")
+
+
+def test_error_message_starts_with_the_exception_and_keeps_the_innermost_frames() -> None:
+    deep = stack_trace(raised(40, "the disk is full"))
+    assert deep.startswith("RuntimeError: the disk is full\nTraceback (most recent call last):\n")
+    assert len(deep) <= MESSAGE_SIZE
+    assert re.search(r"\.\.\. \d+ outer frames cut", deep)
+    assert deep.rstrip().endswith("raise RuntimeError(message)")  # the innermost frame, where it was raised
+    shallow = stack_trace(raised(0, "boom"))
+    assert shallow.startswith("RuntimeError: boom\nTraceback (most recent call last):\n")
+    assert "cut" not in shallow
+    assert shallow.count("RuntimeError: boom") == 1
+    huge = stack_trace(raised(3, "x" * 10_000))
+    assert len(huge) == MESSAGE_SIZE
+    assert huge.startswith("RuntimeError: xxx")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 
 Headers = Sequence[tuple[str, bytes | None]]
@@ -18,6 +18,27 @@ _NOT_FORWARDED_PREFIXES = ("scst_", "kafka_")
 
 class HeaderError(ValueError):
     """A header that cannot be read; the message names it."""
+
+
+class UnreadableRecordError(HeaderError):
+    """The client could not decode a record's headers (a key that is not UTF-8): its error path at once."""
+
+
+class UnreadableHeaders(tuple):
+    """The headers of a record the client could not decode: reading them raises UnreadableRecordError.
+
+    An empty tuple to everything that does not read it, so the loop's fast path never checks for it.
+    """
+
+    reason: str
+
+    def __new__(cls, reason: str) -> UnreadableHeaders:
+        made = super().__new__(cls)
+        made.reason = reason
+        return made
+
+    def __iter__(self) -> Iterator[tuple[str, bytes | None]]:
+        raise UnreadableRecordError(self.reason)
 
 
 def header_types(headers: Headers) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from .arguments import ConfigError, Properties, Property
@@ -13,6 +14,9 @@ _LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
            "warning": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL, "off": logging.CRITICAL + 10}
 # The Kafka client is chatty at INFO; Spring apps show its warnings and errors only.
 _QUIET = {"kafka": logging.WARNING, "pika": logging.WARNING}
+# The clients' own loggers: a broker that keeps failing makes them repeat a line many times a second.
+CLIENT_LOGGERS = ("kafka", "librdkafka", "pika")
+REPEAT_SECONDS = 30.0  # a client's line that repeats (numbers aside) is written once in this long
 FORMAT = "%(asctime)s.%(msecs)03dZ %(levelname)5s %(process)d --- [%(threadName)15.15s] %(name)-24.24s : %(message)s"
 
 
@@ -22,6 +26,7 @@ def start_logging() -> None:
     formatter.converter = time.gmtime
     handler = logging.StreamHandler()
     handler.setFormatter(formatter)
+    handler.addFilter(Repeats())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
@@ -38,3 +43,33 @@ def configure_logging(properties: Properties) -> None:
             raise ConfigError(f"Invalid value '{value}' for property 'logging.level.{name}': "
                               "expected TRACE, DEBUG, INFO, WARN, ERROR or OFF")
         logging.getLogger(None if name.lower() == "root" else name).setLevel(level)
+
+
+class Repeats(logging.Filter):
+    """Writes a client's line once per ``REPEAT_SECONDS`` while it repeats (its numbers aside), then says how
+    many like it were left out: a broker address that resets every connection must not flood the log."""
+
+    def __init__(self, seconds: float = REPEAT_SECONDS) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # when last written, and how many left out since
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(CLIENT_LOGGERS):
+            return True
+        key = (record.name, _DIGITS.sub("#", str(record.msg) % record.args if record.args else str(record.msg)))
+        now = time.monotonic()
+        written, left_out = self._seen.get(key, (-self.seconds, 0))
+        if now - written < self.seconds:
+            self._seen[key] = (written, left_out + 1)
+            return False
+        if len(self._seen) > 1000:  # bounded: lines of long ago are forgotten
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.seconds}
+        self._seen[key] = (now, 0)
+        if left_out:
+            record.msg = f"{record.getMessage()} ({left_out} more like it in the last {self.seconds:.0f} s)"
+            record.args = None
+        return True
+
+
+_DIGITS = re.compile(r"\d+")

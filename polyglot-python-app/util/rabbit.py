@@ -377,6 +377,7 @@ class Consumer:
 
     def __init__(self, client: Client) -> None:
         self.client = client
+        self.damaged: dict[tuple[str, int], tuple[int, str]] = {}  # AMQP frames carry no CRC: never filled
         self.channels: dict[tuple[str, int], Any] = {}
         self.generation = -1
         self.buffered: dict[tuple[str, int], deque[Record]] = {}

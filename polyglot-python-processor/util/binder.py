@@ -46,7 +46,7 @@ from .bindings import (
     too_few_partitions,
 )
 from .bindings import PROPERTIES as BINDING_PROPERTIES
-from .headers import HeaderError, header_text, inbound_content_type, is_text, outbound_headers
+from .headers import HeaderError, UnreadableRecordError, header_text, inbound_content_type, is_text, outbound_headers
 from .metrics import ERROR_CHANNEL, Metrics, common_tags
 from .metrics import PROPERTIES as METRICS_PROPERTIES
 from .partitions import java_bytes_hash, java_string_hash, select_partition
@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_MS = 1000  # how long an idle poll waits: bounds how late a SIGTERM is noticed
 SHUTDOWN_SECONDS = 8.0  # the drain's budget after SIGTERM, inside Kubernetes' and Spring's 10 s
+OVERRUN_SECONDS = 1.5  # what closing the clients may add to it before the process leaves regardless
 PAUSE_FIRST, PAUSE_LONGEST = 1.0, 30.0  # a stalled partition's back-off, doubling in between (s)
 COMMON_PROPERTIES: tuple[Property, ...] = (*kafka_config.PROPERTIES, *BINDING_PROPERTIES, *ACTUATOR_PROPERTIES,
                                            *METRICS_PROPERTIES, *logs.PROPERTIES, *CONFIG_PROPERTIES)
@@ -282,11 +283,28 @@ class Binder:
         while not self.stop.is_set():
             self._restart_stalled()
             batch = self.consumer.poll(self._poll_timeout())
+            if self.consumer.damaged:
+                batch = self._stall_damaged(batch)
             if batch:
                 started = time.perf_counter()
                 self._process_batch(batch)
                 self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.state = "stopped"
+
+    def _stall_damaged(self, batch: Mapping[TP, list[Any]]) -> Mapping[TP, list[Any]]:
+        """Partitions whose fetched data the client found damaged (a CRC mismatch): stalled at the damage, or at
+        their first record of this batch, so nothing at or after it is passed on; fetched again after a back-off."""
+        damaged, self.consumer.damaged = self.consumer.damaged, {}
+        batch = dict(batch)
+        for tp, (offset, reason) in damaged.items():
+            records = batch.pop(tp, None)
+            resume = min(offset, records[0].offset) if records else offset
+            if tp not in self.stalled:
+                log.error("Records of %s-%d from offset %d cannot be read (%s): fetching them again after a back-off; "
+                          "nothing from there on is passed on", *tp, offset, reason)
+            self.consumer.seek(tp, resume)
+            self._stall(tp, resume, f"fetched records damaged ({reason})")
+        return batch
 
     def _poll_timeout(self) -> float:
         """An idle poll's wait (s), shorter when a stalled partition is due sooner."""
@@ -345,7 +363,7 @@ class Binder:
                 prepared = self._prepare(record)
             except Exception as error:  # noqa: BLE001 - whatever the function raises takes the error path
                 self.channels.send(INPUT, 1, 0.0, error)
-                if attempt == self.source.max_attempts:
+                if attempt == self.source.max_attempts or isinstance(error, UnreadableRecordError):
                     return self._give_up(record, error)
                 initial, multiplier, longest = self.source.back_off
                 delay = min(initial * multiplier ** (attempt - 1), longest, self._budget)
@@ -353,7 +371,7 @@ class Binder:
                 log.debug("Record %s failed (attempt %d): %s; retrying in %.1f s", _where(record), attempt,
                           error, delay)
                 continue
-            if prepared is None:  # a sink's function returned: nothing to send
+            if prepared is None:  # nothing to send: a sink, or a record the function filtered
                 return Delivery(record)
             output, value, headers, partition, key = prepared
             timed = not self._sent[output.name] & SEND_SAMPLE - 1  # a clock read costs more than the send's share
@@ -382,9 +400,11 @@ class Binder:
             key = record.key
         else:
             result = self.handler(_new(Message, (record.value, headers, media)))
-            if result is None and not self.outputs:
+            if result is None:  # a sink's function returned, or a function filtered the record (as null in Spring)
                 return None
             name, out = result
+            if out is None:
+                return None
             if name not in self.outputs:
                 raise ValueError(f"the function returned unknown output binding '{name}'")
             output, payload, out_headers, media, key = (self.outputs[name], out.payload, out.headers,
@@ -435,7 +455,11 @@ class Binder:
         ``trace`` bounds the stack trace (None: what the producer's max.request.size leaves room for).
         """
         null = self.client.null_header
-        headers = [*((k, null if v is None else v) for k, v in record.headers), *_dlq_headers(record, cause)]
+        try:
+            headers = [(k, null if v is None else v) for k, v in record.headers]
+        except UnreadableRecordError:  # what the client could not decode cannot be copied: the record without them
+            headers = []
+        headers += _dlq_headers(record, cause)
         if trace is None:
             trace = self._dlq_limit - _size(record, headers) - 512
         headers.append(("x-exception-stacktrace", _stack_trace(cause, trace)))
@@ -552,10 +576,12 @@ class Binder:
 
     def _flush(self, until: float) -> None:
         """Wait for every send until ``until`` (after SIGTERM, the shutdown budget); later ones count as failed."""
-        if self.stop.is_set():
-            until = min(until, self._deadline)
         for producer in self.producers.values():
-            while not producer.flush(max(0.1, min(1.0, until - time.monotonic()))):
+            while True:
+                if self.stop.is_set():  # a SIGTERM during the wait shortens it to the drain's budget
+                    until = min(until, self._deadline)
+                if producer.flush(max(0.1, min(1.0, until - time.monotonic()))):
+                    break
                 if time.monotonic() > until:
                     log.warning("Sends not acknowledged in time are left uncommitted: they will be sent again")
                     return
@@ -587,6 +613,9 @@ class Binder:
             self._stop_time = time.monotonic()
             log.info("Received %s: finishing the current batch, then closing", signal.Signals(signum).name)
             self.stop.set()
+            overdue = threading.Timer(SHUTDOWN_SECONDS + OVERRUN_SECONDS, _overdue)
+            overdue.daemon = True
+            overdue.start()
             if self.state == "starting":
                 raise _StartInterruptedError
 
@@ -596,6 +625,15 @@ class Binder:
             self.consumer.close()
         for producer in self.producers.values():
             producer.close()
+
+
+def _overdue() -> None:
+    """The drain outlived its budget (a wait no client bounds: a commit, a close, a blocked connection): leave
+    now; what was not committed is delivered again."""
+    log.error("Shutdown did not finish within %.0f s of SIGTERM: exiting now; records not committed will be "
+              "delivered again", SHUTDOWN_SECONDS + OVERRUN_SECONDS)
+    logging.shutdown()
+    os._exit(1)
 
 
 def _names(partitions: Sequence[TP]) -> str:

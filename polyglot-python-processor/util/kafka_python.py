@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ from kafka.errors import (
     RecordListTooLargeError,
     UnsupportedForMessageFormatError,
 )
+from kafka.record.default_records import DefaultRecordBatch
 from kafka.serializer import Serializer
 
 from . import kafka_config
@@ -127,6 +129,7 @@ class Consumer:
     def __init__(self, settings: dict[str, Any]) -> None:
         self._consumer = KafkaConsumer(**settings)
         self.max_poll_interval = self._consumer.config["max_poll_interval_ms"] / 1000
+        self.damaged: dict[TP, tuple[int, str]] = {}
 
     def subscribe(self, topics: Iterable[str], assigned: Callable[[list[TP]], None],
                   revoked: Callable[[list[TP]], None]) -> None:
@@ -139,8 +142,19 @@ class Consumer:
         self._consumer.assign([_TopicPartition(*tp) for tp in partitions])
 
     def poll(self, seconds: float) -> Mapping[TP, list[Any]]:
-        """Records by partition (kafka-python's TopicPartition is a ``(topic, partition)`` tuple)."""
-        return self._consumer.poll(timeout_ms=int(seconds * 1000))
+        """Records by partition (kafka-python's TopicPartition is a ``(topic, partition)`` tuple).
+
+        A batch that fails its CRC check (or cannot be parsed) is raised by kafka-python before any record of
+        it is returned: its partition is ``damaged`` at its position, so the loop stalls it there.
+        """
+        try:
+            return self._consumer.poll(timeout_ms=int(seconds * 1000))
+        except CorruptRecordError as error:
+            found = _PARTITION.search(str(error))
+            partitions = [_TopicPartition(found[1], int(found[2]))] if found else list(self._consumer.assignment())
+            for tp in partitions:  # unnamed (a record that cannot be parsed): every partition, fetched again
+                self.damaged.setdefault((tp.topic, tp.partition), (self._consumer.position(tp), str(error)))
+            return {}
 
     def commit(self, offsets: Mapping[TP, int]) -> str | None:
         """Commit, waiting for the broker; why not when it failed (the records will come again)."""
@@ -164,6 +178,50 @@ class Consumer:
 
     def close(self) -> None:
         self._consumer.close(autocommit=False, timeout_ms=2000)
+
+
+_PARTITION = re.compile(r"TopicPartition\(topic='(.*?)', partition=(\d+)\)")
+
+
+class _Tolerant:
+    """A record batch's buffer whose slices decode as UTF-8 with replacement characters, as Java reads a
+    header key that is not UTF-8 (kafka-python would raise, and its record could never be read)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def __getitem__(self, index: Any) -> Any:
+        found = self.data[index]
+        return _Replacing(found) if isinstance(index, slice) else found
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+class _Replacing(bytes):
+    def decode(self, encoding: str = "utf-8", errors: str = "replace") -> str:  # always replaces
+        return bytes.decode(self, encoding, "replace")
+
+
+def _read_tolerantly(strict: Callable[..., Any]) -> Callable[..., Any]:
+    """kafka-python's record reader, read again over a tolerant buffer when a header key is not UTF-8."""
+    def read(batch: Any, *args: Any, **kwargs: Any) -> Any:
+        start = batch._pos
+        try:
+            return strict(batch, *args, **kwargs)
+        except UnicodeDecodeError:
+            buffer, batch._pos, batch._buffer = batch._buffer, start, _Tolerant(batch._buffer)
+            try:
+                return strict(batch, *args, **kwargs)
+            finally:
+                batch._buffer = buffer
+
+    return read
+
+
+DefaultRecordBatch._read_msg = _read_tolerantly(DefaultRecordBatch._read_msg)
 
 
 class _Listener(ConsumerRebalanceListener):

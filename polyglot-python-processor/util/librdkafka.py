@@ -19,6 +19,7 @@ from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 from . import kafka_config
 from .arguments import ConfigError, Properties
 from .bindings import InputBinding, start_offset
+from .headers import UnreadableHeaders
 
 log = logging.getLogger(__name__)
 client_log = logging.getLogger("librdkafka")
@@ -43,8 +44,9 @@ PRODUCER_DEFAULTS = {"message.max.bytes": 1 << 20, "linger.ms": 5}
 # The consumer's prefetch. librdkafka's defaults queue up to 100,000 records a partition (or 64 MiB) and,
 # once over that, wait 1 s before fetching again: a small queue topped up every 5 ms keeps the loop fed at
 # full speed in a fraction of the memory (measured in `make bench`; see the README).
+# check.crcs as Java's default (librdkafka's is off: a batch damaged on the way or on disk was passed on).
 CONSUMER_DEFAULTS = {"queued.min.messages": 1000, "queued.max.messages.kbytes": 1024, "fetch.queue.backoff.ms": 5,
-                     "max.partition.fetch.bytes": 128 << 10}
+                     "max.partition.fetch.bytes": 128 << 10, "check.crcs": True}
 # Java keys that librdkafka spells differently.
 RENAMED = {"fetch.max.wait.ms": "fetch.wait.max.ms", "max.request.size": "message.max.bytes",
             "receive.buffer.bytes": "socket.receive.buffer.bytes", "send.buffer.bytes": "socket.send.buffer.bytes",
@@ -134,8 +136,8 @@ class Producer:
     """One producer; ``send`` returns a handle that ``outcome`` reads once flushed."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
+        self._producer = _create(_Producer, settings)  # first: librdkafka names a malformed value's key
         self.max_request_size = int(settings.get("message.max.bytes", 1_000_000))
-        self._producer = _create(_Producer, settings)
         self._produce = self._producer.produce
         self._batch = _Batch()
         self._counts: dict[str, int] = {}
@@ -188,8 +190,9 @@ class Consumer:
     """The input binding's consumer: batches per partition, synchronous commits, seek, pause and resume."""
 
     def __init__(self, settings: dict[str, Any], max_poll_records: int) -> None:
+        self._consumer = _create(_Consumer, settings)  # first: librdkafka names a malformed value's key
         self.max_poll_interval = int(settings.get("max.poll.interval.ms", 300_000)) / 1000
-        self._consumer = _create(_Consumer, settings)
+        self.damaged: dict[TP, tuple[int, str]] = {}
         self._max = max_poll_records
         self._consume = self._consumer.consume
         self._warned: str | None = None
@@ -223,8 +226,12 @@ class Consumer:
                 current = tp
                 records = batch.setdefault(tp, [])
             kind, stamp = m.timestamp()
-            records.append(_new(Record, (tp[0], tp[1], m.offset(), m.key(), m.value(), m.headers() or (), stamp,
-                                         kind - 1)))
+            try:
+                headers = m.headers() or ()
+            except (UnicodeDecodeError, SystemError):  # a header key that is not UTF-8: the client cannot read any
+                headers = UnreadableHeaders(f"record {tp[0]}-{tp[1]}@{m.offset()} has a header key that is not "
+                                            "UTF-8 text: librdkafka cannot read its headers")
+            records.append(_new(Record, (tp[0], tp[1], m.offset(), m.key(), m.value(), headers, stamp, kind - 1)))
         return batch
 
     def _messages(self, seconds: float) -> list[Any]:
@@ -247,6 +254,10 @@ class Consumer:
         if error.fatal():
             raise KafkaException(error)
         if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.code() == KafkaError._BAD_MSG and message.topic():  # a batch failed its CRC check: not passed on
+            tp = (message.topic(), message.partition())
+            self.damaged.setdefault(tp, (message.offset(), error.str()))
             return
         text = f"{message.topic() or ''}-{message.partition()}: {error.str()}" if message.topic() else error.str()
         if text != self._warned:
@@ -328,8 +339,10 @@ class Client(kafka_config.KafkaClient):
         """
         settings = client_settings(self.properties, binding, "producer")
         if carries is not None:
-            fetchable = int(consumer_settings(self.properties, carries).get("fetch.max.bytes", 52_428_800))
-            settings["message.max.bytes"] = max(int(settings.get("message.max.bytes", 0)), fetchable)
+            fetchable = kafka_config.whole_number("fetch.max.bytes", str(
+                consumer_settings(self.properties, carries).get("fetch.max.bytes", 52_428_800)))
+            given = kafka_config.whole_number("max.request.size", str(settings.get("message.max.bytes", 0)))
+            settings["message.max.bytes"] = max(given, fetchable)
         return Producer(settings)
 
     def consumer(self, binding: InputBinding) -> tuple[Consumer, str]:

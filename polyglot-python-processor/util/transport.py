@@ -45,6 +45,9 @@ class Producer(Protocol):
 
 class Consumer(Protocol):
     max_poll_interval: float
+    # Partitions whose fetched data the client found damaged since the loop last looked: the offset the damage
+    # starts at and why (say a CRC mismatch). The loop takes them and stalls each there.
+    damaged: dict[TP, tuple[int, str]]
 
     def subscribe(self, topics: Iterable[str], assigned: Callable[[list[TP]], None],
                   revoked: Callable[[list[TP]], None]) -> None: ...

@@ -1,8 +1,9 @@
 """Spring Cloud Task's lifecycle on Data Flow's database: the TASK_EXECUTION row and its params.
 
 Each step commits at once, so Data Flow and the Composed Task Runner see it. A row is always
-finalized: on success, on an exception, and on SIGTERM. Never fake success: if the database cannot
-record the outcome, the process exits non-zero.
+finalized: on success, on an exception, and on SIGTERM, with the text the database refuses written
+reduced (``task_text``). Never fake success: if the database cannot record the outcome, the process
+exits non-zero.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ import re
 import signal
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -35,13 +35,14 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, InternalError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from . import logs
 from .arguments import CONFIG_PROPERTIES, ConfigError, Properties, Property
 from .datasource import PROPERTIES as DATASOURCE_PROPERTIES
 from .datasource import Datasource, datasource
+from .task_text import FORMS, MESSAGE_SIZE, Fit, fitter, stack_trace
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,12 @@ END_RETRY = Property("task.end.retry-seconds", float, 60.0,
                      "How long recording the end retries, with back-off, while the database is unreachable.")
 PROPERTIES = (*DATASOURCE_PROPERTIES, TABLE_PREFIX, EXECUTION_ID, TASK_NAME, APP_NAME, PARENT_ID, EXTERNAL_ID,
               INITIALIZE, END_RETRY, *logs.PROPERTIES, *CONFIG_PROPERTIES)
-MESSAGE_SIZE = 2500  # EXIT_MESSAGE, ERROR_MESSAGE and TASK_PARAM are VARCHAR(2500)
+# What a write of the task tables can raise: the driver's errors, or a value its encoding cannot hold.
+DATABASE_ERRORS = (SQLAlchemyError, UnicodeError)
+# MariaDB's and MySQL's refusals of a value that mysqlclient raises as OperationalError, not DataError:
+# 1366 incorrect string value (a character the column's charset lacks), 1300 invalid character string,
+# 3988 conversion from the connection's collation impossible.
+_MYSQL_REFUSALS = frozenset({1300, 1366, 3988})
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,49}")
 # What a table prefix renames in the DDL: tables, the sequence and constraint names (never columns).
 _PREFIXED = re.compile(r"\bTASK_(EXECUTION_PARAMS|EXECUTION|TASK_BATCH|SEQ|LOCK|EXEC_PARAMS_FK|EXEC_BATCH_FK)\b")
@@ -132,15 +138,19 @@ class TaskRepository:
         return "mariadb" if "mariadb" in str(version).lower() else "mysql"
 
     def start(self, execution_id: int | None, name: str, external_id: str | None, parent_id: int | None,
-              arguments: Sequence[str]) -> int:
-        """Record the start, as Spring Cloud Task does, in one transaction; returns the execution id."""
+              arguments: Sequence[str], fit: Fit) -> int:
+        """Record the start, as Spring Cloud Task does, in one transaction; returns the execution id.
+
+        ``fit`` makes each text storable (see ``task_text``).
+        """
         now = datetime.now()
+        name, external = fit("TASK_NAME", name), fit("EXTERNAL_EXECUTION_ID", external_id)
         with self.engine.begin() as connection:
             if execution_id is None:
                 execution_id = self._next_id(connection)
                 connection.execute(self.execution.insert().values(
                     task_execution_id=execution_id, start_time=now, task_name=name, last_updated=now,
-                    external_execution_id=external_id, parent_execution_id=parent_id))
+                    external_execution_id=external, parent_execution_id=parent_id))
             else:
                 row = self.execution.c
                 updated = connection.execute(self.execution.update()
@@ -148,12 +158,12 @@ class TaskRepository:
                                              .values(start_time=now, task_name=name, last_updated=now,
                                                      parent_execution_id=parent_id,
                                                      external_execution_id=func.coalesce(
-                                                         row.external_execution_id, external_id)))
+                                                         row.external_execution_id, external)))
                 if updated.rowcount == 0:
                     self._refuse(connection, execution_id)
             if arguments:
                 connection.execute(self.params.insert(), [
-                    {"task_execution_id": execution_id, "task_param": sanitize(arg)[:MESSAGE_SIZE]}
+                    {"task_execution_id": execution_id, "task_param": fit("TASK_PARAM", sanitize(arg))}
                     for arg in arguments])
         return execution_id
 
@@ -181,15 +191,16 @@ class TaskRepository:
         connection.execute(text(f"UPDATE {self.sequence} SET ID = ID + 1"))  # SQLite: serialised by the write lock
         return connection.execute(text(f"SELECT ID FROM {self.sequence}")).scalar_one()
 
-    def finish(self, execution_id: int, exit_code: int, exit_message: str | None, error: str | None) -> None:
-        """Record END_TIME, EXIT_CODE, EXIT_MESSAGE and ERROR_MESSAGE."""
+    def finish(self, execution_id: int, exit_code: int, exit_message: str | None, error: str | None,
+               fit: Fit) -> None:
+        """Record END_TIME, EXIT_CODE, EXIT_MESSAGE and ERROR_MESSAGE (each text made storable by ``fit``)."""
         now = datetime.now()
         with self.engine.begin() as connection:
             connection.execute(self.execution.update()
                                .where(self.execution.c.task_execution_id == execution_id)
                                .values(end_time=now, exit_code=exit_code, last_updated=now,
-                                       exit_message=exit_message[:MESSAGE_SIZE] if exit_message else None,
-                                       error_message=error[:MESSAGE_SIZE] if error else None))
+                                       exit_message=fit("EXIT_MESSAGE", exit_message or None),
+                                       error_message=fit("ERROR_MESSAGE", error or None)))
 
     def rows(self) -> list[dict[str, Any]]:
         """Every execution row, oldest first (for the demo and operators)."""
@@ -209,6 +220,7 @@ def sanitize(argument: str) -> str:
 
 # The task body: the execution in, keyword options from properties, an optional exit message out.
 Body = Callable[..., str | None]
+T = TypeVar("T")
 
 
 def run_task(body: Body, options: Mapping[str, Property]) -> None:
@@ -233,10 +245,29 @@ def run_task(body: Body, options: Mapping[str, Property]) -> None:
     try:
         if initialize:
             repository.initialize()
-        execution = TaskExecution(repository.start(*launch, sys.argv[1:]), name)
-    except (SQLAlchemyError, LookupError) as error:
+        started = "the new execution" if launch[0] is None else f"execution {launch[0]}"
+        execution = TaskExecution(_recording(lambda fit: repository.start(*launch, sys.argv[1:], fit), 0,
+                                             "start", started, source.where), name)
+    except (*DATABASE_ERRORS, LookupError) as error:
         log.error("Cannot record the task start in the %s: %s", source.where, _reason(error))
         sys.exit(1)
+    exit_code, exit_message, error_text = _outcome(body, execution, values, signals)
+    try:
+        _recording(lambda fit: repository.finish(execution.id, exit_code, exit_message, error_text, fit), end_retry,
+                   "end", f"execution {execution.id}", source.where)
+    except DATABASE_ERRORS as error:
+        retried = f" after {end_retry:g} s of retries" if _transient(error) else ""
+        log.error("Cannot record the end of execution %d in the %s%s: %s; the row stays RUNNING until an operator "
+                  "finalizes it", execution.id, source.where, retried, _reason(error))
+        sys.exit(exit_code or 1)
+    log.info("Execution %d of %s %s (exit code %d)", execution.id, execution.name,
+             "completed" if exit_code == 0 else "failed", exit_code)
+    sys.exit(exit_code)
+
+
+def _outcome(body: Body, execution: TaskExecution, values: dict[str, Any],
+             signals: _Signals) -> tuple[int, str | None, str | None]:
+    """Run the body; its exit code, exit message and error message."""
     try:
         with signals.armed():
             exit_message = body(execution, **values)
@@ -249,38 +280,64 @@ def run_task(body: Body, options: Mapping[str, Property]) -> None:
         exit_message, error_text = None, None if exit_code == 0 else f"Task exited with code {exit_code}"
     except Exception as error:  # noqa: BLE001 - any failure of the body is the task's failure
         log.error("Task %s (execution %d) failed: %s", execution.name, execution.id, error)
-        exit_code, exit_message, error_text = 1, None, "".join(traceback.format_exception(error))
+        exit_code, exit_message, error_text = 1, None, stack_trace(error)
     if signals.terminated and exit_code != 128 + signals.terminated:
         terminated = TaskTerminatedError(signals.terminated)
         log.warning("%s, but the task body caught it: recording execution %d as failed", terminated, execution.id)
         exit_code, exit_message, error_text = terminated.exit_code, None, str(terminated)
-    try:
-        _retrying(lambda: repository.finish(execution.id, exit_code, exit_message, error_text), end_retry,
-                  f"record the end of execution {execution.id} in the {source.where}")
-    except SQLAlchemyError as error:
-        log.error("Cannot record the end of execution %d in the %s after %g s of retries: %s; the row stays "
-                  "RUNNING until an operator finalizes it", execution.id, source.where, end_retry, _reason(error))
-        sys.exit(exit_code or 1)
-    log.info("Execution %d of %s %s (exit code %d)", execution.id, execution.name,
-             "completed" if exit_code == 0 else "failed", exit_code)
-    sys.exit(exit_code)
+    return exit_code, exit_message, error_text
 
 
-def _retrying(step: Callable[[], None], seconds: float, what: str) -> None:
-    """Run ``step``, retrying database errors with exponential back-off (0.5 s to 8 s) for ``seconds``."""
-    deadline, delay = time.monotonic() + seconds, 0.5
+def _recording(write: Callable[[Fit], T], seconds: float, step: str, execution: str, where: str) -> T:
+    """Run ``write``, the ``step`` of ``execution``: a refused value is written again at once one form down
+    (``task_text.FORMS``); what a retry can mend (``_transient``) is retried with back-off (0.5 s to 8 s)
+    for ``seconds``.
+    """
+    deadline, delay, form, warned = time.monotonic() + seconds, 0.5, 0, set[str]()
+    what = f"the {step} of {execution}"
     while True:
         try:
-            step()
-            return
-        except SQLAlchemyError as error:
+            return write(fitter(form, execution, warned))
+        except DATABASE_ERRORS as error:
+            if _refused(error) and form < len(FORMS) - 1:
+                form += 1
+                log.warning("The %s refused a value for %s: %s; writing the text %s", where, what, _reason(error),
+                            FORMS[form])
+                continue
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if not _transient(error) or remaining <= 0:
                 raise
             pause = min(delay, remaining)
-            log.warning("Cannot %s (%s); retrying in %.1f s", what, _reason(error), pause)
+            log.warning("Cannot record %s in the %s (%s); retrying in %.1f s", what, where, _reason(error), pause)
             time.sleep(pause)
             delay = min(delay * 2, 8.0)
+
+
+def _refused(error: Exception) -> bool:
+    """The database refused a value: the same write can never succeed, whatever the wait.
+
+    psycopg: DataError (NUL, a value too long), or UnicodeEncodeError for a character the database's encoding
+    lacks; mysqlclient: DataError (1406, too long), OperationalError 1366 for a character the column's charset
+    lacks; both: UnicodeEncodeError for a lone surrogate.
+    """
+    if isinstance(error, (DataError, UnicodeError)):
+        return True
+    if not isinstance(error, OperationalError):
+        return False
+    args = getattr(error.orig, "args", ())
+    return bool(args) and args[0] in _MYSQL_REFUSALS
+
+
+def _transient(error: Exception) -> bool:
+    """Connection loss, a database unreachable, restarting or read-only (a failover), a deadlock: a retry may pass.
+
+    A refused value, an SQL or privilege error (ProgrammingError, IntegrityError) would fail again: no retry.
+    """
+    if _refused(error):
+        return False
+    if isinstance(error, (OperationalError, InterfaceError, InternalError)):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
 class _Signals:

@@ -1,0 +1,304 @@
+"""A bounded HTTP/1.1 server for GET and HEAD: one thread, one selector, however many clients hang."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import re
+import selectors
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+
+MAX_HEAD = 8192  # request line and headers; probes and Prometheus send a few hundred bytes
+MAX_HEADERS = 100
+MAX_CONNECTIONS = 512  # past it the connection nearest its deadline is closed: a new probe always gets in
+TIMEOUT = 10.0  # seconds for a whole request to arrive, an answer to leave, or a kept-alive connection to idle
+BACKLOG = 1024  # a burst of connections must not wait on SYN retries
+ACCEPTS_PER_ROUND = 64  # then read what the accepted sent: a probe is read before newer connections evict it
+REFUSED = frozenset({"POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"})  # 405; any other method but GET: 501
+_END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
+_LINE = re.compile(r"\r?\n")
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request line and its headers (a body is never read)."""
+
+    method: str
+    target: str
+    version: str
+    headers: dict[str, str]  # names in lower case
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+
+@dataclass(frozen=True)
+class Response:
+    """What a handler answers; to HEAD, the body is left out."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+Handler = Callable[[Request], Response]
+
+
+def error(status: HTTPStatus, **details: str) -> Response:
+    """A JSON error answer, Spring-like: ``{"status": 404, "error": "Not Found", ...}``."""
+    allow = (("Allow", "GET, HEAD"),) if status == HTTPStatus.METHOD_NOT_ALLOWED else ()
+    return Response(status, json.dumps({"status": status.value, "error": status.phrase, **details}).encode(),
+                    headers=allow)
+
+
+class _Connection:
+    """One client: what it sent and what it is sent, and when it runs out of time."""
+
+    __slots__ = ("closed", "deadline", "draining", "inbox", "keep_alive", "outbox", "peer", "sock")
+
+    def __init__(self, sock: socket.socket, peer: str, deadline: float) -> None:
+        self.sock, self.peer, self.deadline = sock, peer, deadline
+        self.inbox, self.outbox = bytearray(), bytearray()
+        self.keep_alive, self.draining, self.closed = True, False, False
+
+
+class Server:
+    """Listen on ``address``:``port`` and answer with ``handler`` on a daemon thread until ``stop()``.
+
+    Connections are non-blocking and capped; each request must arrive whole within ``TIMEOUT``, and so
+    must its answer leave; HTTP/1.1 connections are kept alive (Prometheus reuses its own).
+    """
+
+    def __init__(self, address: str | None, port: int, handler: Handler, log: logging.Logger, name: str) -> None:
+        self.listener = _listen(address, port)
+        self.port: int = self.listener.getsockname()[1]
+        self.handler, self.log = handler, log
+        self._connections: OrderedDict[socket.socket, _Connection] = OrderedDict()  # nearest deadline first
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.listener, selectors.EVENT_READ)
+        self._wake, self._woken = socket.socketpair()
+        self._selector.register(self._woken, selectors.EVENT_READ)
+        self._stopping = self._accept_failing = False
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Close the listener and every connection; wait for the thread."""
+        self._stopping = True
+        self._wake.send(b"\0")
+        self._thread.join(5)
+        self._wake.close()
+
+    def _serve(self) -> None:
+        try:
+            while not self._stopping:
+                for key, _ in self._selector.select(self._until_next_deadline()):
+                    if key.fileobj is self.listener:
+                        self._accept()
+                    elif isinstance(key.data, _Connection) and not key.data.closed:
+                        self._ready_or_close(key.data)
+                now = time.monotonic()
+                while self._connections and (oldest := next(iter(self._connections.values()))).deadline <= now:
+                    self._close(oldest)
+        finally:
+            for connection in list(self._connections.values()):
+                self._close(connection)
+            self._selector.close()
+            self.listener.close()
+            self._woken.close()
+
+    def _until_next_deadline(self) -> float | None:
+        if not self._connections:
+            return None
+        return max(0.0, next(iter(self._connections.values())).deadline - time.monotonic())
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPTS_PER_ROUND):
+            try:
+                sock, peer = self.listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as failure:
+                if failure.errno in (errno.EMFILE, errno.ENFILE) and self._connections:
+                    self._close(next(iter(self._connections.values())))  # a file for the new one
+                    continue
+                if not self._accept_failing:
+                    self.log.warning("Cannot accept a connection: %s", failure)
+                self._accept_failing = True
+                return
+            self._accept_failing = False
+            if len(self._connections) >= MAX_CONNECTIONS:
+                self._close(next(iter(self._connections.values())))
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connection = _Connection(sock, peer[0], time.monotonic() + TIMEOUT)
+            self._connections[sock] = connection
+            self._selector.register(sock, selectors.EVENT_READ, connection)
+
+    def _ready_or_close(self, connection: _Connection) -> None:
+        try:
+            self._ready(connection)
+        except Exception:  # one connection's failure closes it, never the server
+            self.log.exception("Closing the connection from %s", connection.peer)
+            self._close(connection)
+
+    def _ready(self, connection: _Connection) -> None:
+        """Read or write what the socket is ready for, then answer what has arrived whole."""
+        if connection.outbox:
+            self._flush(connection)
+        else:
+            try:
+                data = connection.sock.recv(MAX_HEAD)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close(connection)
+                return
+            if connection.draining:  # answered and closing: what else the client sends is dropped
+                return
+            connection.inbox += data
+        while not (connection.outbox or connection.draining or connection.closed) and (
+                answer := self._take(connection)):
+            connection.outbox += answer
+            self._touch(connection)
+            self._flush(connection)
+
+    def _take(self, connection: _Connection) -> bytes | None:
+        """The answer to the first request in the inbox, taken out of it; None while it is incomplete."""
+        inbox = connection.inbox
+        end = _END_OF_HEAD.search(inbox, 0, MAX_HEAD)
+        if end is None:
+            if len(inbox) < MAX_HEAD:
+                return None
+            connection.keep_alive = False
+            return _encode(error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE if b"\n" in inbox[:MAX_HEAD]
+                                 else HTTPStatus.REQUEST_URI_TOO_LONG), False, False)
+        head = bytes(inbox[:end.start()]).lstrip(b"\r\n").decode("latin-1")
+        del inbox[:end.end()]
+        request = _parse(head)
+        if isinstance(request, Response):
+            connection.keep_alive = False
+            return _encode(request, False, False)
+        response = self._answer(request)
+        connection.keep_alive = _keep_alive(request)
+        self.log.debug('%s "%s %s %s" %d %d', connection.peer, request.method, request.target, request.version,
+                       response.status, len(response.body))
+        return _encode(response, connection.keep_alive, request.method == "HEAD")
+
+    def _answer(self, request: Request) -> Response:
+        if request.method in REFUSED:
+            return error(HTTPStatus.METHOD_NOT_ALLOWED)
+        if request.method not in ("GET", "HEAD"):
+            return error(HTTPStatus.NOT_IMPLEMENTED)
+        try:
+            return self.handler(request)
+        except Exception:  # a failing endpoint answers 500, never ends the server
+            self.log.exception("Cannot answer %s %s", request.method, request.target)
+            return error(HTTPStatus.INTERNAL_SERVER_ERROR)
+
+    def _flush(self, connection: _Connection) -> None:
+        """Send what the socket takes; when all is sent, close or wait for the next request."""
+        try:
+            sent = connection.sock.send(connection.outbox)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._close(connection)
+            return
+        del connection.outbox[:sent]
+        if connection.outbox:
+            self._selector.modify(connection.sock, selectors.EVENT_WRITE, connection)
+            return
+        if not connection.keep_alive:  # the client reads to the end; closing on its unread bytes would reset
+            try:
+                connection.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self._close(connection)
+                return
+            connection.draining = True
+        self._selector.modify(connection.sock, selectors.EVENT_READ, connection)
+        self._touch(connection)
+
+    def _touch(self, connection: _Connection) -> None:
+        """A new deadline, the latest of all: the connection moves to the end of the queue."""
+        connection.deadline = time.monotonic() + TIMEOUT
+        self._connections.move_to_end(connection.sock)
+
+    def _close(self, connection: _Connection) -> None:
+        if not connection.closed:
+            connection.closed = True
+            del self._connections[connection.sock]
+            self._selector.unregister(connection.sock)
+            connection.sock.close()
+
+
+def _parse(head: str) -> Request | Response:
+    """The request in a request line and headers; an error answer when they are malformed."""
+    lines = _LINE.split(head)
+    parts = lines[0].split()
+    if len(parts) != 3 or not re.fullmatch(r"HTTP/1\.\d", parts[2]):
+        return error(HTTPStatus.BAD_REQUEST)
+    if len(lines) > MAX_HEADERS + 1:
+        return error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+    headers = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            return error(HTTPStatus.BAD_REQUEST)
+        headers[name.lower()] = value.strip()
+    return Request(parts[0], parts[1], parts[2], headers)
+
+
+def _keep_alive(request: Request) -> bool:
+    """HTTP/1.1 without ``Connection: close`` and without a body (bodies are never read)."""
+    headers = request.headers
+    return (request.version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
+            and headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers)
+
+
+def _encode(response: Response, keep_alive: bool, head_only: bool) -> bytes:
+    status = HTTPStatus(response.status)
+    lines = [f"HTTP/1.1 {status.value} {status.phrase}", "Server: polyglot-actuator",
+             f"Date: {formatdate(usegmt=True)}", f"Content-Type: {response.content_type}",
+             f"Content-Length: {len(response.body)}", *(f"{name}: {value}" for name, value in response.headers)]
+    if not keep_alive:
+        lines.append("Connection: close")
+    return "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + (b"" if head_only else response.body)
+
+
+def _listen(address: str | None, port: int) -> socket.socket:
+    """Listen on ``address``; with none, dual-stack on ``::`` where the host has IPv6, else on 0.0.0.0."""
+    if address is None:
+        try:
+            return _bind(socket.AF_INET6, "::", port)
+        except OSError:  # no IPv6 on this host
+            return _bind(socket.AF_INET, "0.0.0.0", port)
+    host = address.strip("[]")
+    return _bind(socket.AF_INET6 if ":" in host else socket.AF_INET, host, port)
+
+
+def _bind(family: socket.AddressFamily, host: str, port: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:  # IPv4 too on ``::`` (IPv6-only clusters exist; so do IPv4-only ones)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
