@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 import pika
+import pika.data
 from pika.exceptions import AMQPChannelError, AMQPConnectionError, AMQPError, ChannelClosedByBroker
 
 from .arguments import ConfigError, Properties
@@ -438,7 +439,8 @@ class Consumer:
         if not connection.revive():
             return False
         if self.generation != connection.generation:
-            self.revoked(list(self.queues))
+            self.revoked(list(self.queues))  # the loop forgets their stalls: nothing of them stays paused
+            self.paused.clear()
             try:
                 self._start()
             except (AMQPError, OSError) as error:  # say a queue gone between the declarations and the consume
@@ -675,6 +677,23 @@ class Client:
                     self.connection.declare(group_queue(destination, f"{base}-{index}", key, mine, base))
             else:
                 self.connection.declare(group_queue(destination, base, mine["binding_key"] or "#", mine, base))
+
+
+def _tolerant_timestamps(strict: Callable[[bytes, int], tuple[Any, int]]) -> Callable[[bytes, int], tuple[Any, int]]:
+    """pika's AMQP value decoder, reading a timestamp past what a datetime holds (Java's ``new Date(Long.MAX_VALUE)``
+    is year 292,278,994) as its seconds since the epoch instead of failing the whole message."""
+    def decode_value(encoded: bytes, offset: int) -> tuple[Any, int]:
+        try:
+            return strict(encoded, offset)
+        except (OverflowError, OSError, ValueError):
+            if encoded[offset:offset + 1] != b"T":
+                raise
+            return struct.unpack_from(">Q", encoded, offset + 1)[0], offset + 9
+
+    return decode_value
+
+
+pika.data.decode_value = _tolerant_timestamps(pika.data.decode_value)  # tables inside tables call it by this name
 
 
 def _properties(headers: Sequence[tuple[str, Any]] | None) -> tuple[pika.BasicProperties, dict[str, Any]]:
