@@ -55,6 +55,8 @@ class KafkaProxy:
         self._held: set[str] = set()
         self._marker: bytes | None = None
         self.corrupted = 0  # fetch responses with a byte flipped
+        self.held = 0  # produce requests swallowed
+        self.resets = 0  # connections reset
         self.resetting = False
         self._lock = threading.Lock()
         self._links: list[_Link] = []
@@ -115,6 +117,7 @@ class KafkaProxy:
             except OSError:
                 return
             if self.resetting:
+                self.resets += 1
                 _reset(client)
                 continue
             self._links = [link for link in self._links if not link.closed]
@@ -127,6 +130,7 @@ class KafkaProxy:
         request = ProduceRequest.decode(frame, version=version, header=True)
         with self._lock:
             if any(t.name in self._held for t in request.topic_data):
+                self.held += 1
                 return SWALLOW
         if request.acks == 0:
             return UNANSWERED

@@ -31,14 +31,16 @@ util.__path__.append(str(ROOT / "polyglot-python-task" / "util"))
 
 from devkit.apps import App  # noqa: E402
 from devkit.databases import MariaDB, PostgreSQL  # noqa: E402
+from devkit.kafka_proxy import KafkaProxy  # noqa: E402
 from devkit.rabbitmq import RabbitMQ  # noqa: E402
-from devkit.tansu import Tansu  # noqa: E402
+from devkit.tansu import Tansu, free_port  # noqa: E402
 from devkit.topics import read_topic  # noqa: E402
 
 STREAM_APPS = {"processor": ("polyglot-python-processor/python_processor.py", ("output",)),
                "router": ("polyglot-python-app/python_router_app.py", ("even", "odd"))}
 # The other two shapes, as a user writes them (tests/steps, run on the processor's util).
-STEPS = {"source": ("tests/steps/python_source.py", ("output",)), "sink": ("tests/steps/python_sink.py", ())}
+STEPS = {"source": ("tests/steps/python_source.py", ("output",)), "sink": ("tests/steps/python_sink.py", ()),
+         "filter": ("tests/steps/python_filter.py", ("output",))}
 # Tansu takes half the session timeout to complete a group join: keep it short in tests.
 FAST_GROUPS = ("--spring.cloud.stream.kafka.binder.consumerProperties.session.timeout.ms=6000",
                "--spring.cloud.stream.kafka.binder.consumerProperties.heartbeat.interval.ms=2000")
@@ -128,6 +130,20 @@ def kafka(broker: Tansu) -> Iterator[Kafka]:
     client = Kafka(broker.bootstrap)
     yield client
     client.close()
+
+
+@pytest.fixture
+def proxied(tmp_path: Path) -> Iterator[tuple[Kafka, KafkaProxy]]:
+    """A broker of the test's own behind a proxy that refuses, holds or corrupts (``devkit/kafka_proxy.py``);
+    apps reach it at ``kafka.bootstrap`` (the proxy)."""
+    port = free_port()
+    tansu = Tansu(tmp_path / "proxied-tansu.log", advertised=port).start()
+    proxy = KafkaProxy(tansu.port, port).start()
+    kafka = Kafka(tansu.bootstrap)
+    yield kafka, proxy
+    kafka.close()
+    proxy.stop()
+    tansu.stop()
 
 
 @pytest.fixture

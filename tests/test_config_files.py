@@ -150,3 +150,26 @@ def test_data_flows_metric_tags_resolve_to_labels() -> None:
     alone = common_tags(Properties([], {}), "sink")  # outside Data Flow: its defaults, the app's own type
     assert alone == {"stream_name": "unknown", "application_name": "unknown", "application_type": "sink",
                      "instance_index": "0", "application_guid": "unknown", "application": "unknown-unknown-sink"}
+
+
+BILLION_LAUGHS = "".join(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9) if prev else 'lol'}]\n"
+                         for prev, name in zip(["", *"abcdefgh"], "abcdefghi", strict=True))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (BILLION_LAUGHS, "72 YAML aliases, over the 50 allowed"),
+    ("a: &a\n  b: *a\n", "an alias refers to a map that holds it"),
+])
+def test_a_yaml_alias_bomb_is_refused_with_one_line_before_it_expands(cwd: Path, text: str, message: str) -> None:
+    write(cwd / "application.yml", text)
+    with pytest.raises(ConfigError, match=message) as refused:
+        Properties([], {})
+    assert "application.yml" in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_yaml_aliases_within_the_limit_are_read() -> None:
+    from util.config_files import read_yaml
+
+    assert read_yaml("x: &x 1\ny: *x\nm: &m {p: 1}\nn: *m\n", "application.yml") == {
+        "x": "1", "y": "1", "m.p": "1", "n.p": "1"}

@@ -13,8 +13,7 @@ import re
 import socket
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,7 +25,6 @@ from kafka.errors import TopicAuthorizationFailedError
 from conftest import Figures, Kafka
 from devkit.apps import App
 from devkit.kafka_proxy import KafkaProxy
-from devkit.tansu import Tansu, free_port
 from devkit.waiting import wait_for
 from util.arguments import Properties
 from util.binder import _dlq_headers
@@ -204,19 +202,6 @@ def test_a_record_that_cannot_be_dead_lettered_holds_only_its_partition(
 
 
 # -- 3 and 4: refusals that are the broker's, through a proxy that answers as a broker with ACLs -------
-@pytest.fixture
-def proxied(tmp_path: Path) -> Iterator[tuple[Kafka, KafkaProxy]]:
-    """A broker of the test's own behind a proxy that can refuse produce requests per topic."""
-    port = free_port()
-    tansu = Tansu(tmp_path / "proxied-tansu.log", advertised=port).start()
-    proxy = KafkaProxy(tansu.port, port).start()
-    kafka = Kafka(tansu.bootstrap)
-    yield kafka, proxy
-    kafka.close()
-    proxy.stop()
-    tansu.stop()
-
-
 TOPIC_AUTHORIZATION_FAILED = TopicAuthorizationFailedError.errno
 
 

@@ -154,6 +154,11 @@ class Consumer:
             partitions = [_TopicPartition(found[1], int(found[2]))] if found else list(self._consumer.assignment())
             for tp in partitions:  # unnamed (a record that cannot be parsed): every partition, fetched again
                 self.damaged.setdefault((tp.topic, tp.partition), (self._consumer.position(tp), str(error)))
+            # kafka-python keeps the failed batch's records as pending and, once its partition was paused and
+            # resumed, never fetches that partition again: drop them, so the seek after the stall fetches anew.
+            pending = getattr(self._consumer._fetcher, "_next_partition_records", None)
+            if pending is not None:
+                pending.drain()
             return {}
 
     def commit(self, offsets: Mapping[TP, int]) -> str | None:

@@ -18,6 +18,7 @@ DEFAULT_LOCATIONS = ("optional:file:./", "optional:file:./config/", "optional:fi
 LOCATION = "spring.config.location"
 ADDITIONAL_LOCATION = "spring.config.additional-location"
 EXTENSIONS = (".yaml", ".yml", ".properties")  # lowest precedence first
+MAX_ALIASES = 50  # SnakeYAML's default maxAliasesForCollections
 ON_PROFILE = "spring.config.activate.on-profile"  # a document only a profile activates: no profile is active here
 _UNICODE = re.compile(r"[0-9a-fA-F]{4}")
 
@@ -177,6 +178,10 @@ def read_yaml(text: str, name: str) -> dict[str, str]:
     import yaml  # only when there is a YAML file: its C extension costs a megabyte or two of memory
 
     try:
+        aliases = sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader))
+        if aliases > MAX_ALIASES:  # a few anchors referring to each other expand exponentially ("billion laughs")
+            raise ConfigFileError(f"{name}: {aliases} YAML aliases, over the {MAX_ALIASES} allowed (as SnakeYAML's "
+                                  "maxAliasesForCollections in Spring Boot): expand them or use fewer")
         documents = list(yaml.safe_load_all(text))
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
@@ -191,18 +196,26 @@ def read_yaml(text: str, name: str) -> dict[str, str]:
             raise ConfigFileError(f"{name}: document {number} is a {type(document).__name__}, not a map of "
                                   "property names to values")
         flat: dict[str, str] = {}
-        _flatten("", document, flat)
+        try:
+            _flatten("", document, flat, ())
+        except RecursionError:
+            raise ConfigFileError(f"{name}: document {number} nests too deeply (or an alias refers to a map that "
+                                  "holds it)") from None
         flat_documents.append(flat)
     return _merge(flat_documents)
 
 
-def _flatten(prefix: str, value: Any, flat: dict[str, str]) -> None:
+def _flatten(prefix: str, value: Any, flat: dict[str, str], holders: tuple[int, ...]) -> None:
+    if isinstance(value, dict | list):
+        if id(value) in holders:
+            raise RecursionError  # an alias to a map or list that holds it
+        holders = (*holders, id(value))
     if isinstance(value, dict):
         for key, item in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), item, flat)
+            _flatten(f"{prefix}.{key}" if prefix else str(key), item, flat, holders)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _flatten(f"{prefix}[{index}]", item, flat)
+            _flatten(f"{prefix}[{index}]", item, flat, holders)
     elif isinstance(value, bool):
         flat[prefix] = "true" if value else "false"
     else:

@@ -1,0 +1,148 @@
+"""Faults on the wire, through the proxy: damaged batches, header keys that are not UTF-8, produce requests
+a broker never answers during a SIGTERM, an address that resets every connection; and functions that filter,
+settings that are not numbers. Each on both Kafka clients, on a real broker."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+import pytest
+from test_faults_edges import DLQ, TEXT, by_value, delivery_down, health
+
+from conftest import Figures, Kafka
+from devkit.apps import App
+from devkit.kafka_proxy import KafkaProxy
+from devkit.waiting import wait_for
+
+NOT_ENOUGH_REPLICAS = 19  # a retriable refusal: the client keeps sending until its delivery timeout
+
+
+class RawKey(str):
+    """A header key kafka-python writes as these bytes: not UTF-8, yet legal on the wire."""
+
+    def encode(self, *_args: object, **_kwargs: object) -> bytes:
+        return b"\xff\xfebad"
+
+
+def test_a_header_key_that_is_not_utf8_never_stops_the_partition(
+        kafka: Kafka, names: Callable[[str], str], start_processor: Callable[..., App], client: str) -> None:
+    source, sink, group = kafka.create(names("in")), names("out"), names("g")
+    for value, extra in ((b"before", []), (b"poison", [(RawKey("x"), b"v")]), (b"after", [])):
+        kafka.producer.send(source, value, headers=[("contentType", TEXT), *extra])
+    kafka.producer.flush(30)
+    app = start_processor(source, sink, "--reversestring=true", *DLQ, group=group)
+    wait_for(kafka.caught_up(group, {0: 3}), 60, "every record committed")
+    if client == "librdkafka":  # it cannot read any header of such a record: its error path, without them
+        assert [r.value for r in kafka.read(sink, 2, settle=1.0)] == [b"erofeb", b"retfa"]
+        [dead] = kafka.read(f"error.{source}.{group}", 1)
+        assert dead.value == b"poison"
+        assert dict(dead.headers)["x-exception-fqcn"] == b"util.headers.UnreadableRecordError"
+        assert "header key that is not UTF-8" in dict(dead.headers)["x-exception-message"].decode()
+    else:  # as Java: the key decoded with replacement characters, the record processed
+        out = kafka.read(sink, 3, settle=1.0)
+        assert [r.value for r in out] == [b"erofeb", b"nosiop", b"retfa"]
+        assert "\ufffd\ufffdbad" in dict(out[1].headers)
+    assert health(app)[0] == 200
+    assert app.stop() == 0
+
+
+def test_a_byte_flipped_in_a_fetched_batch_is_never_passed_on_and_flows_once_intact(
+        proxied: tuple[Kafka, KafkaProxy], names: Callable[[str], str], start_processor: Callable[..., App],
+        client: str, figures: Figures) -> None:
+    kafka, proxy = proxied
+    source, sink, group = kafka.create(names("in")), kafka.create(names("out")), names("g")
+    values = [f"intact-{i:02d}".encode() for i in range(10)]
+    kafka.produce(source, values, headers=[("contentType", TEXT)])
+    proxy.corrupt(b"intact-05")  # its batch's CRC no longer matches
+    app = start_processor(source, sink, "--reversestring=true", group=group,
+                          env={"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": kafka.bootstrap})
+    wait_for(lambda: "fetched records damaged" in delivery_down(app), 60, "health DOWN naming the damage")
+    wait_for(lambda: app.log.count("cannot be read") >= 2, 60, "fetched again after a back-off, still damaged")
+    damaged = kafka.read(sink, 10, timeout=2, settle=0.5)
+    assert all(r.value != b"50-tcatnI" for r in damaged)  # the flipped payload never passes
+    assert kafka.committed(group).get(0, 0) <= 5
+    proxy.corrupt(None)
+    mended = time.monotonic()
+    wait_for(kafka.caught_up(group, {0: 10}), 90, "everything committed once the batch reads intact")
+    assert by_value(kafka.read(sink, 10, settle=1.0)) == {v[::-1]: 1 for v in values}
+    wait_for(lambda: health(app)[0] == 200, 30, "health UP")
+    assert app.stop() == 0
+    figures.add(f"{client}: fetch responses damaged, passed on, committed past the damage", f"{proxy.corrupted}, 0, 0")
+    figures.add(f"{client}: damage gone to everything committed", f"{time.monotonic() - mended:.1f} s")
+
+
+@pytest.mark.parametrize("fault", ["held", "refused"])
+def test_sigterm_while_the_broker_does_not_take_the_sends_exits_within_the_drain_and_loses_nothing(
+        proxied: tuple[Kafka, KafkaProxy], names: Callable[[str], str], start_processor: Callable[..., App],
+        client: str, fault: str, figures: Figures) -> None:
+    kafka, proxy = proxied
+    source, sink, group = kafka.create(names("in")), kafka.create(names("out")), names("g")
+    if fault == "held":
+        proxy.hold(sink)  # produce requests swallowed: never written, never answered
+    else:
+        proxy.refuse(sink, NOT_ENOUGH_REPLICAS)
+    values = [f"record {i:02d}".encode() for i in range(20)]
+    kafka.produce(source, values, headers=[("contentType", TEXT)])
+    args = ("--reversestring=true", "--spring.cloud.stream.kafka.binder.producerProperties.enable.idempotence=false")
+    env = {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": kafka.bootstrap}
+    app = start_processor(source, sink, *args, group=group, env=env)
+    wait_for(lambda: proxy.held or proxy.refused, 60, "a produce request not taken")
+    stopped = time.monotonic()
+    code = app.stop(timeout=30)
+    took = time.monotonic() - stopped
+    assert took < 11, f"exit {code} {took:.1f} s after SIGTERM:\n{app.log[-2000:]}"
+    proxy.allow(sink)
+    again = start_processor(source, sink, *args, group=group, env=env)
+    wait_for(kafka.caught_up(group, {0: 20}), 90, "everything committed after the restart")
+    assert set(by_value(kafka.read(sink, 20, settle=1.0))) == {v[::-1] for v in values}
+    assert again.stop() == 0
+    figures.add(f"{client}, produce requests {fault}: SIGTERM to exit (exit code)", f"{took:.1f} s ({code})")
+    figures.add(f"{client}, produce requests {fault}: records lost after the restart", 0)
+
+
+def test_a_function_that_returns_none_filters_the_record(
+        kafka: Kafka, names: Callable[[str], str], start_stream_app: Callable[..., App]) -> None:
+    source, sink, group = kafka.create(names("in")), names("out"), names("g")
+    kafka.produce(source, [b"a", b"drop", b"b"], headers=[("contentType", TEXT)])
+    app = start_stream_app("filter", source, {"output": sink}, *DLQ, group=group)
+    wait_for(kafka.caught_up(group, {0: 3}), 60, "every record committed")
+    assert [r.value for r in kafka.read(sink, 2, settle=1.0)] == [b"a", b"b"]
+    assert app.metric("polyglot_records_failed_total", binding="input") == 0
+    assert "drop" not in app.log
+    assert "Traceback" not in app.log
+    assert app.stop() == 0
+
+
+@pytest.mark.parametrize("key", ["max.poll.interval.ms", "max.request.size", "fetch.max.bytes"])
+def test_a_setting_that_is_not_a_number_is_one_line_naming_it(
+        kafka: Kafka, names: Callable[[str], str], start_processor: Callable[..., App], key: str) -> None:
+    app = start_processor(kafka.create(names("in")), names("out"), *DLQ,
+                          f"--spring.cloud.stream.kafka.binder.configuration.{key}=abc")
+    assert app.wait(60) == 1
+    assert re.search(r"Configuration error: .*'(max.poll.interval.ms|max.request.size|message.max.bytes|"
+                     r"fetch.max.bytes)'", app.log), app.log
+    assert "Traceback" not in app.log
+
+
+def test_an_address_that_resets_every_connection_neither_floods_the_log_nor_stops_the_app(
+        proxied: tuple[Kafka, KafkaProxy], names: Callable[[str], str], start_processor: Callable[..., App],
+        client: str, figures: Figures) -> None:
+    kafka, proxy = proxied
+    source, sink, group = kafka.create(names("in")), kafka.create(names("out")), names("g")
+    app = start_processor(source, sink, "--reversestring=true", group=group,
+                          env={"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": kafka.bootstrap})
+    app.wait_for_log("Partitions assigned")
+    before = app.log.count("\n")
+    proxy.reset(True)  # a load balancer in front of a dead broker
+    wait_for(lambda: proxy.resets >= 5, 120, "five connections reset")
+    lines = app.log.count("\n") - before
+    assert lines < 60, app.log[-3000:]
+    resets = proxy.resets
+    proxy.reset(False)
+    kafka.produce(source, [b"abc"], headers=[("contentType", TEXT)])
+    wait_for(kafka.caught_up(group, {0: 1}), 120, "the record processed once the broker answers again")
+    assert [r.value for r in kafka.read(sink, 1)] == [b"cba"]
+    assert app.stop() == 0
+    figures.add(f"{client}: connections reset, log lines meanwhile", f"{resets}, {lines}")
