@@ -19,6 +19,7 @@ from kafka.errors import (
     CorruptRecordError,
     InvalidRecordError,
     InvalidTimestampError,
+    KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
@@ -149,6 +150,8 @@ class Consumer:
         """
         try:
             return self._consumer.poll(timeout_ms=int(seconds * 1000))
+        except KafkaConnectionError:  # the client reconnects by itself (with back-off); health says why meanwhile
+            return {}
         except CorruptRecordError as error:
             found = _PARTITION.search(str(error))
             partitions = [_TopicPartition(found[1], int(found[2]))] if found else list(self._consumer.assignment())
