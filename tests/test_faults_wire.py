@@ -126,7 +126,7 @@ def test_a_setting_that_is_not_a_number_is_one_line_naming_it(
     assert "Traceback" not in app.log
 
 
-def test_an_address_that_resets_every_connection_neither_floods_the_log_nor_stops_the_app(
+def test_an_address_that_resets_every_connection_is_health_down_and_neither_floods_the_log_nor_stops_the_app(
         proxied: tuple[Kafka, KafkaProxy], names: Callable[[str], str], start_processor: Callable[..., App],
         client: str, figures: Figures) -> None:
     kafka, proxy = proxied
@@ -137,6 +137,7 @@ def test_an_address_that_resets_every_connection_neither_floods_the_log_nor_stop
     before = app.log.count("\n")
     proxy.reset(True)  # a load balancer in front of a dead broker
     wait_for(lambda: proxy.resets >= 5, 120, "five connections reset")
+    wait_for(lambda: "Connection reset by peer" in str(health(app)[1]), 30, "health DOWN naming the resets")
     lines = app.log.count("\n") - before
     assert lines < 60, app.log[-3000:]
     resets = proxy.resets

@@ -213,13 +213,11 @@ class Binder:
             return reason
         reason = f"no broker reachable at {','.join(self.servers)}"
         for server in self.servers:
-            host, _, port = server.rpartition(":")
-            try:
-                socket.create_connection((host.strip("[]"), int(port)), timeout=1.0).close()
+            refused = _refusal(server)
+            if refused is None:
                 reason = None
                 break
-            except OSError:
-                continue
+            reason = f"no broker reachable at {','.join(self.servers)} ({server}: {refused})"
         self._reachable = (time.monotonic(), reason)
         return reason
 
@@ -299,9 +297,8 @@ class Binder:
         for tp, (offset, reason) in damaged.items():
             records = batch.pop(tp, None)
             resume = min(offset, records[0].offset) if records else offset
-            if tp not in self.stalled:
-                log.error("Records of %s-%d from offset %d cannot be read (%s): fetching them again after a back-off; "
-                          "nothing from there on is passed on", *tp, offset, reason)
+            log.error("Records of %s-%d from offset %d cannot be read (%s): fetching them again from offset %d after "
+                      "a back-off; nothing from there on is passed on", *tp, offset, reason, resume)
             self.consumer.seek(tp, resume)
             self._stall(tp, resume, f"fetched records damaged ({reason})")
         return batch
@@ -364,7 +361,7 @@ class Binder:
             except Exception as error:  # noqa: BLE001 - whatever the function raises takes the error path
                 self.channels.send(INPUT, 1, 0.0, error)
                 if attempt == self.source.max_attempts or isinstance(error, UnreadableRecordError):
-                    return self._give_up(record, error)
+                    return self._give_up(record, error, attempts=attempt)
                 initial, multiplier, longest = self.source.back_off
                 delay = min(initial * multiplier ** (attempt - 1), longest, self._budget)
                 not_before = time.monotonic() + delay
@@ -625,6 +622,21 @@ class Binder:
             self.consumer.close()
         for producer in self.producers.values():
             producer.close()
+
+
+def _refusal(server: str) -> str | None:
+    """Why ``host:port`` is no broker: it takes no connection, or (a load balancer with no broker behind it)
+    closes each one at once; None when it takes one and waits for the client to speak, as a broker does."""
+    host, _, port = server.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0) as probe:
+            probe.settimeout(0.05)
+            try:
+                return "it closes every connection at once" if not probe.recv(1) else None
+            except TimeoutError:
+                return None
+    except OSError as error:
+        return error.strerror or type(error).__name__
 
 
 def _overdue() -> None:

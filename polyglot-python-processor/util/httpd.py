@@ -89,6 +89,7 @@ class Server:
         self._wake, self._woken = socket.socketpair()
         self._selector.register(self._woken, selectors.EVENT_READ)
         self._stopping = self._accept_failing = False
+        self._pending: set[_Connection] = set()  # a request waits in the inbox: answered on the next round
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
@@ -102,11 +103,14 @@ class Server:
     def _serve(self) -> None:
         try:
             while not self._stopping:
-                for key, _ in self._selector.select(self._until_next_deadline()):
+                for key, _ in self._selector.select(0.0 if self._pending else self._until_next_deadline()):
                     if key.fileobj is self.listener:
                         self._accept()
                     elif isinstance(key.data, _Connection) and not key.data.closed:
                         self._ready_or_close(key.data)
+                waiting, self._pending = self._pending, set()
+                for connection in waiting:  # one request each a round: a pipeline never holds up the others
+                    self._ready_or_close(connection, answer_only=True)
                 now = time.monotonic()
                 while self._connections and (oldest := next(iter(self._connections.values()))).deadline <= now:
                     self._close(oldest)
@@ -145,15 +149,18 @@ class Server:
             self._connections[sock] = connection
             self._selector.register(sock, selectors.EVENT_READ, connection)
 
-    def _ready_or_close(self, connection: _Connection) -> None:
+    def _ready_or_close(self, connection: _Connection, answer_only: bool = False) -> None:
         try:
-            self._ready(connection)
+            if answer_only:
+                self._answer_next(connection)
+            else:
+                self._ready(connection)
         except Exception:  # one connection's failure closes it, never the server
             self.log.exception("Closing the connection from %s", connection.peer)
             self._close(connection)
 
     def _ready(self, connection: _Connection) -> None:
-        """Read or write what the socket is ready for, then answer what has arrived whole."""
+        """Read or write what the socket is ready for, then answer the first request that has arrived whole."""
         if connection.outbox:
             self._flush(connection)
         else:
@@ -169,11 +176,20 @@ class Server:
             if connection.draining:  # answered and closing: what else the client sends is dropped
                 return
             connection.inbox += data
-        while not (connection.outbox or connection.draining or connection.closed) and (
-                answer := self._take(connection)):
-            connection.outbox += answer
-            self._touch(connection)
-            self._flush(connection)
+        self._answer_next(connection)
+
+    def _answer_next(self, connection: _Connection) -> None:
+        """Answer the first whole request in the inbox; the connection waits its next round for the one after."""
+        if connection.outbox or connection.draining or connection.closed:
+            return
+        answer = self._take(connection)
+        if answer is None:
+            return
+        connection.outbox += answer
+        self._touch(connection)
+        self._flush(connection)
+        if connection.inbox and not connection.closed:
+            self._pending.add(connection)
 
     def _take(self, connection: _Connection) -> bytes | None:
         """The answer to the first request in the inbox, taken out of it; None while it is incomplete."""
@@ -239,6 +255,7 @@ class Server:
     def _close(self, connection: _Connection) -> None:
         if not connection.closed:
             connection.closed = True
+            self._pending.discard(connection)
             del self._connections[connection.sock]
             self._selector.unregister(connection.sock)
             connection.sock.close()

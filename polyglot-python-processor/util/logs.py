@@ -57,7 +57,11 @@ class Repeats(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(CLIENT_LOGGERS):
             return True
-        key = (record.name, _DIGITS.sub("#", str(record.msg) % record.args if record.args else str(record.msg)))
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a client's malformed log call: its format is the key, logging reports it
+            text = str(record.msg)
+        key = (record.name, _DIGITS.sub("#", text))
         now = time.monotonic()
         written, left_out = self._seen.get(key, (-self.seconds, 0))
         if now - written < self.seconds:
@@ -67,7 +71,7 @@ class Repeats(logging.Filter):
             self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.seconds}
         self._seen[key] = (now, 0)
         if left_out:
-            record.msg = f"{record.getMessage()} ({left_out} more like it in the last {self.seconds:.0f} s)"
+            record.msg = f"{text} ({left_out} more like it in the last {self.seconds:.0f} s)"
             record.args = None
         return True
 

@@ -133,6 +133,7 @@ class Connection:
         self.connection: pika.BlockingConnection | None = None
         self.generation = 0  # a new one at every connection: older delivery tags and publish handles are void
         self.problem: str | None = "not connected yet"
+        self.blocked: str | None = None  # the broker blocks publishing (a memory or disk alarm): health DOWN
         self.declarations: list[Callable[[Any], None]] = []  # run again on every connection
         self._retry_at, self._pause = 0.0, RECONNECT_FIRST / 2
         self.publisher: Publisher | None = None
@@ -142,6 +143,9 @@ class Connection:
         """Connect (trying each address), declare everything; AMQPError when no broker answers."""
         self.connection = pika.BlockingConnection(self.parameters)
         self.generation += 1
+        self.blocked = None
+        self.connection.add_on_connection_blocked_callback(self._blocked)
+        self.connection.add_on_connection_unblocked_callback(self._unblocked)
         self.frame_max = self.connection._impl.params.frame_max
         channel = self.connection.channel()
         for declare in self.declarations:
@@ -149,6 +153,15 @@ class Connection:
         channel.close()
         self.problem, self._pause = None, RECONNECT_FIRST / 2
         log.info("Connected to RabbitMQ at %s", ",".join(self.servers))
+
+    def _blocked(self, _connection: Any, frame: Any) -> None:
+        self.blocked = f"RabbitMQ blocks publishing ({getattr(frame.method, 'reason', '') or 'a resource alarm'})"
+        log.warning("%s: sends wait until it unblocks", self.blocked)
+
+    def _unblocked(self, _connection: Any, _frame: Any) -> None:
+        if self.blocked is not None:
+            log.info("RabbitMQ unblocked publishing")
+        self.blocked = None
 
     def declare(self, declaration: Callable[[Any], None]) -> None:
         """Run a declaration now and again after every reconnection (as Spring's RabbitAdmin does)."""
@@ -246,7 +259,7 @@ class Publisher:
         channel = self._open()
         try:
             channel.basic_publish(exchange, routing_key, body, properties)
-        except (TypeError, ValueError, AssertionError) as error:  # pika cannot encode a header value
+        except (TypeError, ValueError, AssertionError, OverflowError, struct.error) as error:  # pika cannot encode it
             raise RecordError(f"message not encodable: {error}") from None
         except AMQPChannelError as error:
             self._closed(error)
@@ -561,7 +574,7 @@ class Client:
     # -- what the loop asks of every transport --------------------------------------------------
     def problem(self) -> str | None:
         """Why the broker cannot be used now (health DOWN), or None."""
-        return self.connection.problem
+        return self.connection.problem or self.connection.blocked
 
     def input(self, binding: InputBinding) -> RabbitInput:
         """The input binding with the rabbit binder's DLQ: ``autoBindDlq``, on the group queue."""
@@ -680,15 +693,16 @@ class Client:
 
 
 def _tolerant_timestamps(strict: Callable[[bytes, int], tuple[Any, int]]) -> Callable[[bytes, int], tuple[Any, int]]:
-    """pika's AMQP value decoder, reading a timestamp past what a datetime holds (Java's ``new Date(Long.MAX_VALUE)``
-    is year 292,278,994) as its seconds since the epoch instead of failing the whole message."""
+    """pika's AMQP value decoder, reading a timestamp it cannot (pika reads them unsigned, so a date before 1970 as
+    Java writes it fails, and so does Java's ``new Date(Long.MAX_VALUE)``, year 292,278,994) as its signed seconds
+    since the epoch (forwarded as a long), instead of failing the whole message."""
     def decode_value(encoded: bytes, offset: int) -> tuple[Any, int]:
         try:
             return strict(encoded, offset)
         except (OverflowError, OSError, ValueError):
             if encoded[offset:offset + 1] != b"T":
                 raise
-            return struct.unpack_from(">Q", encoded, offset + 1)[0], offset + 9
+            return struct.unpack_from(">q", encoded, offset + 1)[0], offset + 9
 
     return decode_value
 
