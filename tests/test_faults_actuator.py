@@ -250,3 +250,22 @@ def test_a_failing_endpoint_answers_500_and_the_server_keeps_serving(caplog: pyt
     assert [record.getMessage() for record in caplog.records] == [
         "Cannot answer GET /raises", "Closing the connection from 127.0.0.1"]
     assert all(record.exc_info for record in caplog.records)
+
+
+def test_clients_pipelining_hundreds_of_scrapes_leave_the_probes_fast(app: App, figures: Figures) -> None:
+    """A connection answers one request a round: four clients with 200 scrapes each in flight hold no probe up."""
+    pipelines = []
+    try:
+        for _ in range(4):
+            sock = socket.create_connection(("127.0.0.1", app.port), timeout=10)
+            sock.sendall(b"GET /actuator/prometheus HTTP/1.1\r\nHost: x\r\n\r\n" * 200)
+            pipelines.append(sock)
+        first = pipelines[0].recv(1 << 16)  # the server is answering them
+        assert first.startswith(b"HTTP/1.1 200")
+        timings = probe_times(app.port)
+    finally:
+        for sock in pipelines:
+            sock.close()
+    assert max(timings) < 1.0, timings
+    figures.add("probe answer time with 4 clients pipelining 200 scrapes each (max of 10)",
+                f"{1000 * max(timings):.0f} ms")

@@ -343,3 +343,23 @@ def test_the_actuator_answers_on_ipv4_and_ipv6_when_no_address_is_set(
         with urllib.request.urlopen(f"http://{host}:{app.port}/actuator/info", timeout=5) as response:
             assert response.status == 200
     assert app.stop() == 0
+
+
+def test_a_clients_repeated_log_line_is_written_once_an_interval_with_a_count() -> None:
+    from util.logs import Repeats
+
+    repeats, written = Repeats(seconds=60), []
+    for port in range(5):
+        record = logging.LogRecord("kafka.net", logging.WARNING, "", 0, "Connect to 127.0.0.1:%d failed", (port,), None)
+        if repeats.filter(record):
+            written.append(record.getMessage())
+    own = logging.LogRecord("util.binder", logging.WARNING, "", 0, "Record t-0@%d skipped", (1,), None)
+    malformed = logging.LogRecord("pika.connection", logging.WARNING, "", 0, "broker %s failed: %s", ("x",), None)
+    assert written == ["Connect to 127.0.0.1:0 failed"]
+    assert repeats.filter(own)
+    assert repeats.filter(own)
+    assert repeats.filter(malformed)  # a client's malformed call is logging's to report, never raised here
+    repeats.seconds = 0.0
+    again = logging.LogRecord("kafka.net", logging.WARNING, "", 0, "Connect to 127.0.0.1:%d failed", (9,), None)
+    assert repeats.filter(again)
+    assert again.getMessage() == "Connect to 127.0.0.1:9 failed (4 more like it in the last 0 s)"
