@@ -93,6 +93,7 @@ def test_sigterm_while_the_broker_does_not_take_the_sends_exits_within_the_drain
     code = app.stop(timeout=30)
     took = time.monotonic() - stopped
     assert took < 11, f"exit {code} {took:.1f} s after SIGTERM:\n{app.log[-2000:]}"
+    assert "Traceback" not in app.log
     proxy.allow(sink)
     again = start_processor(source, sink, *args, group=group, env=env)
     wait_for(kafka.caught_up(group, {0: 20}), 90, "everything committed after the restart")

@@ -182,8 +182,8 @@ class Producer:
             self._counts[topic] = len(found)
         return self._counts[topic]
 
-    def close(self) -> None:
-        self._producer.flush(2)
+    def close(self, seconds: float) -> None:
+        self._producer.flush(seconds)
 
 
 class Consumer:
@@ -290,7 +290,7 @@ class Consumer:
     def resume(self, tp: TP) -> None:
         self._consumer.resume([TopicPartition(*tp)])
 
-    def close(self) -> None:
+    def close(self, seconds: float) -> None:  # librdkafka's close takes no timeout: the watchdog bounds it
         self._consumer.close()
 
 

@@ -40,7 +40,8 @@ class Producer(Protocol):
 
     def partition_count(self, topic: str) -> int: ...
 
-    def close(self) -> None: ...
+    def close(self, seconds: float) -> None:
+        """Close, waiting at most ``seconds`` for what is still queued."""
 
 
 class Consumer(Protocol):
@@ -68,7 +69,8 @@ class Consumer(Protocol):
 
     def resume(self, tp: TP) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, seconds: float) -> None:
+        """Leave the group, waiting at most ``seconds`` where the client can bound it."""
 
 
 class Client(Protocol):

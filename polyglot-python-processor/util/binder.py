@@ -617,11 +617,15 @@ class Binder:
                 raise _StartInterruptedError
 
     def close(self) -> None:
-        """Input first, then outputs, as Spring; everything was flushed, so short timeouts suffice."""
+        """Input first, then outputs, as Spring; everything was flushed, so short timeouts suffice (after SIGTERM,
+        what is left of the drain's budget: sends still queued then are not committed and come again)."""
         if self.consumer is not None:
-            self.consumer.close()
+            self.consumer.close(self._close_seconds())
         for producer in self.producers.values():
-            producer.close()
+            producer.close(self._close_seconds())
+
+    def _close_seconds(self) -> float:
+        return min(2.0, max(0.0, self._deadline - time.monotonic())) if self.stop.is_set() else 2.0
 
 
 def _refusal(server: str) -> str | None:

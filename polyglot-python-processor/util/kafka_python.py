@@ -120,8 +120,11 @@ class Producer:
     def partition_count(self, topic: str) -> int:
         return len(self._producer.partitions_for(topic) or {0})
 
-    def close(self) -> None:
-        self._producer.close(timeout=2)
+    def close(self, seconds: float) -> None:
+        try:
+            self._producer.close(timeout=seconds)
+        except KafkaTimeoutError:  # sends still unacknowledged: uncommitted, they come again
+            log.info("Closed the producer with sends not acknowledged: their records were not committed")
 
 
 class Consumer:
@@ -184,8 +187,8 @@ class Consumer:
     def resume(self, tp: TP) -> None:
         self._consumer.resume(_TopicPartition(*tp))
 
-    def close(self) -> None:
-        self._consumer.close(autocommit=False, timeout_ms=2000)
+    def close(self, seconds: float) -> None:
+        self._consumer.close(autocommit=False, timeout_ms=int(seconds * 1000))
 
 
 _PARTITION = re.compile(r"TopicPartition\(topic='(.*?)', partition=(\d+)\)")

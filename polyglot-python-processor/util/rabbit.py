@@ -379,7 +379,7 @@ class Producer:
     def settled(self) -> bool:
         return self.publisher.settled() if self.dead_letters is None or self.client.republish else True
 
-    def close(self) -> None:
+    def close(self, seconds: float) -> None:  # pika's close takes no timeout: the watchdog bounds it
         """Everything was flushed: close the connection (the consumer's close closes it too)."""
         self.client.close()
 
@@ -541,7 +541,7 @@ class Consumer:
     def resume(self, tp: tuple[str, int]) -> None:
         self.paused.discard(tp)
 
-    def close(self) -> None:
+    def close(self, seconds: float) -> None:  # pika's close takes no timeout: the watchdog bounds it
         """Closing the connection returns what was not acknowledged to the queues."""
         self.client.close()
 
