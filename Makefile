@@ -25,7 +25,7 @@ test: lint
 	$(PY) -m pytest -n 3
 
 # The fault and abuse suite (also part of `make test`, with a 20 s soak) with a 5-minute soak per stream app and client:
-# about 30 minutes on 2 cores; writes faults/results/latest.md.
+# about 35 minutes on 2 cores; writes faults/results/latest.md.
 faults: $(STAMP)
 	FAULTS_REPORT=faults/results/latest.md FAULTS_SOAK_SECONDS=300 $(PY) -m pytest tests/test_faults_*.py
 
