@@ -74,7 +74,7 @@ def test_unknown_keys_are_a_warning_and_bad_values_name_their_key(caplog: pytest
                                           "output", "producer")
     with caplog.at_level(logging.WARNING):
         producer = librdkafka.Producer(settings)
-    producer.close()
+    producer.close(2)
     assert "Kafka property 'no.such.key' is not supported by librdkafka and is ignored" in caplog.text
     assert "Kafka property 'max.block.ms' has no librdkafka meaning and is ignored" in caplog.text
     bad = librdkafka.client_settings(Properties([f"{CONFIG}.linger.ms=soon"], {}), "output", "producer")
