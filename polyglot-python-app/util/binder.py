@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_MS = 1000  # how long an idle poll waits: bounds how late a SIGTERM is noticed
 SHUTDOWN_SECONDS = 8.0  # the drain's budget after SIGTERM, inside Kubernetes' and Spring's 10 s
+BROKER_CHECK_SECONDS = 2.0  # how often health checks that a broker takes a connection
 OVERRUN_SECONDS = 1.5  # what closing the clients may add to it before the process leaves regardless
 PAUSE_FIRST, PAUSE_LONGEST = 1.0, 30.0  # a stalled partition's back-off, doubling in between (s)
 COMMON_PROPERTIES: tuple[Property, ...] = (*kafka_config.PROPERTIES, *BINDING_PROPERTIES, *ACTUATOR_PROPERTIES,
@@ -176,7 +177,9 @@ class Binder:
         self.client = open_client(properties)
         self.source = None if source is None else self.client.input(source)
         self.servers = self.client.servers
-        self._reachable: tuple[float, str | None] = (0.0, None)
+        self._reachable: str | None = None  # why no broker takes a connection, as last checked
+        self._watcher: threading.Thread | None = None
+        self._checked = threading.Event()
         self.consumer: Consumer | None = None
         self.producers: dict[str, Producer] = {}
         self.partition_counts: dict[str, int] = {}
@@ -205,12 +208,23 @@ class Binder:
                          f"{s.reason}" for (topic, partition), s in stalled) or None
 
     def broker_check(self) -> str | None:
-        """The client's own verdict, else any broker accepts a TCP connection (cached 2 s: probes stay cheap)."""
+        """The client's own verdict, else whether a broker takes a connection: checked every 2 s on a thread of its
+        own, so a broker address that drops packets never holds up the actuator's one thread (nor a liveness probe)."""
         if (problem := self.client.problem()) is not None:
             return problem
-        checked, reason = self._reachable
-        if time.monotonic() - checked < 2.0:
-            return reason
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch_brokers, name="broker-check", daemon=True)
+            self._watcher.start()
+        self._checked.wait(1.0)  # the first answer waits for the first check
+        return self._reachable
+
+    def _watch_brokers(self) -> None:
+        while True:
+            self._reachable = self._unreachable()
+            self._checked.set()
+            time.sleep(BROKER_CHECK_SECONDS)
+
+    def _unreachable(self) -> str | None:
         reason = f"no broker reachable at {','.join(self.servers)}"
         for server in self.servers:
             refused = _refusal(server)
@@ -218,7 +232,6 @@ class Binder:
                 reason = None
                 break
             reason = f"no broker reachable at {','.join(self.servers)} ({server}: {refused})"
-        self._reachable = (time.monotonic(), reason)
         return reason
 
     # -- start ----------------------------------------------------------------------------------
