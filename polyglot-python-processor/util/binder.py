@@ -638,7 +638,8 @@ class Binder:
             producer.close(self._close_seconds())
 
     def _close_seconds(self) -> float:
-        return min(2.0, max(0.0, self._deadline - time.monotonic())) if self.stop.is_set() else 2.0
+        # a quarter of a second at least: kafka-python's own I/O thread logs errors when closed at once
+        return min(2.0, max(0.25, self._deadline - time.monotonic())) if self.stop.is_set() else 2.0
 
 
 def _refusal(server: str) -> str | None:
