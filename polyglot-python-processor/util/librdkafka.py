@@ -47,6 +47,12 @@ PRODUCER_DEFAULTS = {"message.max.bytes": 1 << 20, "linger.ms": 5}
 # check.crcs as Java's default (librdkafka's is off: a batch damaged on the way or on disk was passed on).
 CONSUMER_DEFAULTS = {"queued.min.messages": 1000, "queued.max.messages.kbytes": 1024, "fetch.queue.backoff.ms": 5,
                      "max.partition.fetch.bytes": 128 << 10, "check.crcs": True}
+# Every client: Java's reconnect back-off (50 ms doubling to 1 s; librdkafka's own grows to 10 s), and no
+# re-bootstrap (Java's default before Kafka 4): with it, librdkafka answers "all brokers down" by starting new
+# broker handles at once, whose back-off starts anew, so an address that resets every connection (a load
+# balancer with no broker behind it) was reconnected to 25 times a second.
+CONNECTION_DEFAULTS = {"reconnect.backoff.ms": 50, "reconnect.backoff.max.ms": 1000,
+                       "metadata.recovery.strategy": "none"}
 # Java keys that librdkafka spells differently.
 RENAMED = {"fetch.max.wait.ms": "fetch.wait.max.ms", "max.request.size": "message.max.bytes",
             "receive.buffer.bytes": "socket.receive.buffer.bytes", "send.buffer.bytes": "socket.send.buffer.bytes",
@@ -424,7 +430,8 @@ def _client_error(error: KafkaError) -> None:
 def client_settings(properties: Properties, binding: str | None, role: str) -> dict[str, Any]:
     """librdkafka settings for a binding's consumer or producer (or the admin client)."""
     kafka = kafka_config.java_settings(properties, binding, role)
-    settings: dict[str, Any] = {"bootstrap.servers": ",".join(kafka_config.bootstrap_servers(properties))}
+    settings: dict[str, Any] = {"bootstrap.servers": ",".join(kafka_config.bootstrap_servers(properties)),
+                                **CONNECTION_DEFAULTS}
     if role == "producer":
         settings.update(acks=kafka_config.required_acks(properties, kafka), **PRODUCER_DEFAULTS)
     elif role == "consumer":
