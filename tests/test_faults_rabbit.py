@@ -1,6 +1,6 @@
 """RabbitMQ faults on a real node: SIGTERM and kill -9 mid-stream, a broker restart or late at start, a connection
 lost with sends unconfirmed, exchanges and queues deleted under the app, abusive payloads, an AMQP timestamp no
-datetime holds, SIGTERM while the broker blocks publishers (memory alarm)."""
+datetime holds, SIGTERM while the broker blocks publishers (memory alarm), AMQP strings that are not UTF-8."""
 
 from __future__ import annotations
 
@@ -281,4 +281,33 @@ def test_an_input_queue_deleted_under_the_app_is_declared_again_and_consumed(
     wait_for(lambda: app.log.count("Connected to RabbitMQ") >= 2, 60, "a reconnection")
     rabbit.publish(source, [b"again"])
     assert [b for _, _, b in rabbit.read(f"{sink}.check", 1, timeout=60)] == [b"again"]
+    assert app.stop() == 0
+
+
+# What pika cannot decode as UTF-8 it leaves as bytes: a short string (the content type, the routing key, a key of a
+# table inside the header table). Each crashed the app before (AttributeError, TypeError), on every restart.
+UNDECODABLE = {
+    "content type": ({"content_type": b"text/plain\xff"}, b"nosiop"),
+    "routing key": ({"routing_key": b"key\xff"}, b"nosiop"),
+    "key of a nested table": ({"headers": {"outer": {b"\xffkey": 1}}}, b"nosiop"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNDECODABLE))
+def test_amqp_strings_that_are_not_utf8_never_stop_the_app(
+        start_rabbit_app: Callable[..., App], rabbit: Rabbit, names: Callable[[str], str], case: str) -> None:
+    properties, reversed_ = UNDECODABLE[case]
+    source, sink, group = names("in"), names("out"), names("g")
+    rabbit.declare_group(source, group)
+    rabbit.declare_group(sink, "check")
+    rabbit.publish(source, [b"before"])
+    rabbit.channel.basic_publish(source, properties.get("routing_key", source), b"poison", rabbit.pika.BasicProperties(
+        content_type=properties.get("content_type", "text/plain"), delivery_mode=2, headers=properties.get("headers")))
+    rabbit.publish(source, [b"after"])
+    app = start_rabbit_app("processor", source, {"output": sink}, "--reversestring=true", group=group)
+    out = rabbit.read(f"{sink}.check", 3, settle=1.0)
+    assert [body for _, _, body in out] == [b"erofeb", reversed_, b"retfa"]  # read as Java reads it: U+FFFD
+    wait_for(lambda: rabbit.depth(f"{source}.{group}") == 0, 30, "every message acknowledged")
+    assert health(app)[0] == 200
+    assert "Traceback" not in app.log
     assert app.stop() == 0

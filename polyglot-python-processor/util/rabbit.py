@@ -32,7 +32,7 @@ from pika.exceptions import AMQPChannelError, AMQPConnectionError, AMQPError, Ch
 
 from .arguments import ConfigError, Properties
 from .bindings import INSTANCE_COUNT, INSTANCE_INDEX, InputBinding, output_properties
-from .headers import CONTENT_TYPE, TYPES_HEADER
+from .headers import CONTENT_TYPE, TYPES_HEADER, UnreadableHeaders
 from .rabbit_config import (
     ADDRESSES,
     CONNECTION_TIMEOUT,
@@ -75,7 +75,7 @@ class Native(bytes):
 
     def __new__(cls, value: Any) -> Native:
         text = value if isinstance(value, bytes) else (value if isinstance(value, str) else
-                                                          json.dumps(value, default=str)).encode("utf-8")
+                                                          json.dumps(_jsonable(value))).encode("utf-8")
         made = super().__new__(cls, text)
         made.value = value
         return made
@@ -85,6 +85,23 @@ class Native(bytes):
 
     def __hash__(self) -> int:
         return hash((bytes(self), type(self.value).__name__))
+
+
+def _jsonable(value: Any) -> Any:
+    """An AMQP value (tables and arrays of any depth) as JSON takes it: keys pika could not decode as UTF-8 (left
+    as bytes) read with replacement characters; dates, decimals and bytes as their text."""
+    if isinstance(value, dict):
+        return {_decoded(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return _decoded(value)
+
+
+def _decoded(value: Any) -> str:
+    """pika leaves a short string that is not UTF-8 (a key, a content type, a routing key) as bytes."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else str(value)
 
 
 class SendError(Exception):
@@ -434,13 +451,17 @@ class Consumer:
         destination, index = tp
 
         def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
-            headers = [(CONTENT_TYPE, properties.content_type.encode())] if properties.content_type else []
-            if properties.headers:
-                headers += [(str(k), None if v is None else Native(v)) for k, v in properties.headers.items()]
-            stamp = int(properties.timestamp) * 1000 if properties.timestamp else -1
-            self.buffered[tp].append(Record(destination, index, method.delivery_tag,
-                                            method.routing_key.encode(), body, headers, stamp, -1))
-            self.unacked[tp].append(method.delivery_tag)
+            tag = method.delivery_tag
+            try:
+                headers = _headers(properties)
+            except Exception as error:  # noqa: BLE001 - no message may end the loop: its error path instead
+                headers = UnreadableHeaders(f"message {destination}-{index}@{tag} has properties that cannot be "
+                                            f"read: {_describe(error)}")
+            key = method.routing_key
+            stamp = _stamp(properties.timestamp)
+            self.buffered[tp].append(Record(destination, index, tag, key if isinstance(key, bytes) else
+                                            str(key).encode("utf-8", "replace"), body, headers, stamp, -1))
+            self.unacked[tp].append(tag)
 
         return on_message
 
@@ -708,6 +729,24 @@ def _tolerant_timestamps(strict: Callable[[bytes, int], tuple[Any, int]]) -> Cal
 
 
 pika.data.decode_value = _tolerant_timestamps(pika.data.decode_value)  # tables inside tables call it by this name
+
+
+def _headers(properties: Any) -> list[tuple[str, bytes | None]]:
+    """The loop's headers of a delivery: its content type, then its AMQP table (values carried as they came)."""
+    headers: list[tuple[str, bytes | None]] = []
+    if properties.content_type:
+        headers.append((CONTENT_TYPE, _decoded(properties.content_type).encode("utf-8")))
+    if properties.headers:
+        headers += [(_decoded(k), None if v is None else Native(v)) for k, v in properties.headers.items()]
+    return headers
+
+
+def _stamp(timestamp: Any) -> int:
+    """An AMQP timestamp property (seconds) in milliseconds; -1 when absent or not a number."""
+    try:
+        return int(timestamp) * 1000 if timestamp else -1
+    except (TypeError, ValueError, OverflowError):
+        return -1
 
 
 def _properties(headers: Sequence[tuple[str, Any]] | None) -> tuple[pika.BasicProperties, dict[str, Any]]:
