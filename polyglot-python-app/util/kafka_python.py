@@ -24,6 +24,7 @@ from kafka.errors import (
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
+    UnsupportedCodecError,
     UnsupportedForMessageFormatError,
 )
 from kafka.record.default_records import DefaultRecordBatch
@@ -97,7 +98,10 @@ class Producer:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.max_request_size: int = settings.get("max_request_size", KafkaProducer.DEFAULT_CONFIG["max_request_size"])
-        self._producer = KafkaProducer(key_serializer=_NullKey(), **settings)
+        try:
+            self._producer = KafkaProducer(key_serializer=_NullKey(), **settings)
+        except (ValueError, RuntimeError, AssertionError) as error:  # a setting kafka-python refuses (a codec)
+            raise ConfigError(f"Kafka producer setting refused by kafka-python: {error}") from None
         self._send = self._producer.send
 
     def send(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]] | None,
@@ -148,14 +152,15 @@ class Consumer:
     def poll(self, seconds: float) -> Mapping[TP, list[Any]]:
         """Records by partition (kafka-python's TopicPartition is a ``(topic, partition)`` tuple).
 
-        A batch that fails its CRC check (or cannot be parsed) is raised by kafka-python before any record of
-        it is returned: its partition is ``damaged`` at its position, so the loop stalls it there.
+        A batch that fails its CRC check (or cannot be parsed, or is compressed with a codec this client lacks) is
+        raised by kafka-python before any record of it is returned: its partition is ``damaged`` at its position,
+        so the loop stalls it there.
         """
         try:
             return self._consumer.poll(timeout_ms=int(seconds * 1000))
         except KafkaConnectionError:  # the client reconnects by itself (with back-off); health says why meanwhile
             return {}
-        except CorruptRecordError as error:
+        except (CorruptRecordError, UnsupportedCodecError) as error:
             found = _PARTITION.search(str(error))
             partitions = [_TopicPartition(found[1], int(found[2]))] if found else list(self._consumer.assignment())
             for tp in partitions:  # unnamed (a record that cannot be parsed): every partition, fetched again

@@ -143,7 +143,8 @@ class Producer:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self._producer = _create(_Producer, settings)  # first: librdkafka names a malformed value's key
-        self.max_request_size = int(settings.get("message.max.bytes", 1_000_000))
+        self.max_request_size = kafka_config.whole_number(  # librdkafka also takes "1000abc" and "0x10"
+            "max.request.size", str(settings.get("message.max.bytes", 1_000_000)))
         self._produce = self._producer.produce
         self._batch = _Batch()
         self._counts: dict[str, int] = {}
@@ -197,7 +198,8 @@ class Consumer:
 
     def __init__(self, settings: dict[str, Any], max_poll_records: int) -> None:
         self._consumer = _create(_Consumer, settings)  # first: librdkafka names a malformed value's key
-        self.max_poll_interval = int(settings.get("max.poll.interval.ms", 300_000)) / 1000
+        self.max_poll_interval = kafka_config.whole_number(  # librdkafka also takes "1000abc" and "0x10"
+            "max.poll.interval.ms", str(settings.get("max.poll.interval.ms", 300_000))) / 1000
         self.damaged: dict[TP, tuple[int, str]] = {}
         self._max = max_poll_records
         self._consume = self._consumer.consume
