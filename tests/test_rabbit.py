@@ -176,7 +176,15 @@ def test_partitioned_output_lands_in_the_partition_queues_and_partitioned_input_
      "choose one with 'spring.cloud.stream.defaultBinder'"),
     (["--spring.cloud.stream.defaultBinder=pulsar"], {}, "property 'spring.cloud.stream.defaultBinder'"),
     (["--spring.cloud.stream.rabbit.bindings.input.consumer.prefetch=0", "--spring.rabbitmq.port=1"], {},
-     "'spring.cloud.stream.rabbit.bindings.input.consumer.prefetch': expected 1 or more"),
+     "'spring.cloud.stream.rabbit.bindings.input.consumer.prefetch': expected 1 to 65535"),
+    (["--spring.cloud.stream.rabbit.bindings.input.consumer.prefetch=70000", "--spring.rabbitmq.port=1"], {},
+     "'spring.cloud.stream.rabbit.bindings.input.consumer.prefetch': expected 1 to 65535"),
+    (["--spring.rabbitmq.requested-heartbeat=70000", "--spring.rabbitmq.port=1"], {},
+     "'spring.rabbitmq.requested-heartbeat': expected 0 to 65535"),
+    (["--spring.rabbitmq.requested-heartbeat=-1", "--spring.rabbitmq.port=1"], {},
+     "'spring.rabbitmq.requested-heartbeat': expected 0 to 65535"),
+    (["--spring.rabbitmq.connection-timeout=-5", "--spring.rabbitmq.port=1"], {},
+     "'spring.rabbitmq.connection-timeout': expected 0 to 2147483647"),
 ])
 def test_a_binder_misconfiguration_is_one_line_naming_the_property(
         start_app: Callable[..., App], names: Callable[[str], str], args: list[str], env: dict[str, str],
@@ -186,6 +194,7 @@ def test_a_binder_misconfiguration_is_one_line_naming_the_property(
                      f"--spring.cloud.stream.bindings.output.destination={names('out')}", *args], env)
     assert app.process.wait(30) == 1
     assert message in app.log
+    assert "Traceback" not in app.log
 
 
 def test_a_source_and_a_sink_run_on_the_rabbit_binder_too(

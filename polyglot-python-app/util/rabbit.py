@@ -50,6 +50,7 @@ from .rabbit_config import (
 log = logging.getLogger(__name__)
 
 NAME = "the rabbit binder (pika)"
+AMQP_SHORT = 65535  # the largest prefetch count and heartbeat AMQP carries
 MAX_BATCH = 1000  # deliveries one poll hands the loop (measured: 500 cost 15 % at the default prefetch)
 FRAME_HEADROOM = 20_000  # Spring's frameMaxHeadroom: what a dead letter's stack trace leaves of frame_max
 RECONNECT_FIRST, RECONNECT_LONGEST = 1.0, 30.0
@@ -125,6 +126,8 @@ class RabbitInput(InputBinding):
 def connection_parameters(properties: Properties) -> tuple[list[pika.ConnectionParameters], list[str]]:
     """pika's parameters, one per address, and the ``host:port`` list (no credentials) for logs and health."""
     parameters, servers = [], []
+    heartbeat = _within(properties.get(HEARTBEAT), HEARTBEAT.name, 0, AMQP_SHORT)  # 0: none
+    timeout = _within(properties.get(CONNECTION_TIMEOUT), CONNECTION_TIMEOUT.name, 0, 2**31 - 1)  # 0: no limit
     for host, port, user, password, virtual_host, secure in addresses(properties):
         options: dict[str, Any] = {}
         if secure:
@@ -136,10 +139,16 @@ def connection_parameters(properties: Properties) -> tuple[list[pika.ConnectionP
             options["ssl_options"] = pika.SSLOptions(context, host)
         parameters.append(pika.ConnectionParameters(
             host=host, port=port, virtual_host=virtual_host, credentials=pika.PlainCredentials(user, password),
-            heartbeat=properties.get(HEARTBEAT), blocked_connection_timeout=60,
-            socket_timeout=properties.get(CONNECTION_TIMEOUT) / 1000, connection_attempts=1, **options))
+            heartbeat=heartbeat, blocked_connection_timeout=60, socket_timeout=timeout / 1000 or None,
+            connection_attempts=1, **options))
         servers.append(f"{host}:{port}")
     return parameters, servers
+
+
+def _within(value: int, name: str, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise ConfigError(f"Invalid value '{value}' for property '{name}': expected {low} to {high}")
+    return value
 
 
 class Connection:
@@ -584,9 +593,7 @@ class Client:
         self.input_settings = settings
         self.prefetch, self.partitioned = settings["prefetch"], settings["partitioned"]
         self.republish, self.dlx, self.dlq_key = settings["republish"], settings["dlx"], settings["dlq_key"]
-        if self.prefetch < 1:
-            raise ConfigError(f"Invalid value '{self.prefetch}' for property "
-                              f"'{consumer_properties()['prefetch'].name}': expected 1 or more")
+        _within(self.prefetch, consumer_properties()["prefetch"].name, 1, AMQP_SHORT)
         self.source: RabbitInput | None = None
         self.consumer_: Consumer | None = None
         if ignored := unsupported(properties):
