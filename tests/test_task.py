@@ -249,6 +249,33 @@ def test_sigterm_the_body_swallows_is_still_recorded_as_the_termination(
     assert row == (143, None, "Task terminated by SIGTERM")
 
 
+CANCELLED_BODY = """\
+import asyncio, sys
+sys.path.insert(0, {task!r})
+from util.task_status import run_task
+
+def body(execution):
+    async def main():
+        raise asyncio.CancelledError("the work was cancelled")
+    asyncio.run(main())
+
+run_task(body, {{}})
+"""
+
+
+def test_a_body_ending_in_a_base_exception_finishes_the_row_as_failed(tmp_path: Path, start_app: StartApp) -> None:
+    """asyncio's CancelledError (or a library's KeyboardInterrupt) is no Exception: it left the row RUNNING."""
+    script = tmp_path / "cancelled_task.py"
+    script.write_text(CANCELLED_BODY.format(task=str(ROOT / "polyglot-python-task")))
+    app = start_app(str(script))
+    assert app.wait(30) == 1
+    row = sqlite3.connect(tmp_path / "task-executions.db").execute(
+        "SELECT END_TIME IS NOT NULL, EXIT_CODE, ERROR_MESSAGE FROM TASK_EXECUTION").fetchone()
+    assert row[:2] == (1, 1)
+    assert row[2].startswith("asyncio.exceptions.CancelledError: the work was cancelled\n")
+    assert "Traceback" not in app.log
+
+
 def test_relaunch_of_a_completed_execution_is_refused_and_leaves_the_row_alone(
         task_db: Callable[..., TaskDatabase], start_app: StartApp) -> None:
     db = task_db()

@@ -278,8 +278,9 @@ def _outcome(body: Body, execution: TaskExecution, values: dict[str, Any],
     except SystemExit as error:  # the body called sys.exit(): its code is the outcome
         exit_code = error.code if isinstance(error.code, int) else int(error.code is not None)
         exit_message, error_text = None, None if exit_code == 0 else f"Task exited with code {exit_code}"
-    except Exception as error:  # noqa: BLE001 - any failure of the body is the task's failure
-        log.error("Task %s (execution %d) failed: %s", execution.name, execution.id, error)
+    except BaseException as error:  # noqa: BLE001 - any failure of the body (asyncio's CancelledError, a library's
+        # KeyboardInterrupt too) is the task's failure: the row is finished, never left RUNNING
+        log.error("Task %s (execution %d) failed: %s: %s", execution.name, execution.id, type(error).__name__, error)
         exit_code, exit_message, error_text = 1, None, stack_trace(error)
     if signals.terminated and exit_code != 128 + signals.terminated:
         terminated = TaskTerminatedError(signals.terminated)
