@@ -157,3 +157,19 @@ def test_jks_truststore_is_a_clear_error(tmp_path: Path) -> None:
     props = Properties([f"--spring.cloud.stream.kafka.binder.configuration.ssl.truststore.location={store}"], {})
     with pytest.raises(ConfigError, match="not a PEM file"):
         client_settings(props, "input", "consumer")
+
+
+def test_header_caches_hold_no_large_headers_and_a_bounded_count() -> None:
+    """Records each with a different 0.9 MB header kept 480 MB alive in the old per-count caches."""
+    from util import headers as codec
+
+    for i in range(40):
+        big = (("contentType", b"text/plain"), ("blob", bytes([i % 256]) * 900_000))
+        assert codec.inbound_content_type(big, "application/json") == "text/plain"
+        assert outbound_headers(big, "text/plain")[0] == big[1]
+    assert not any(len(dict(key[0]).get("blob", b"")) > 1000 for key in [*codec._CONTENT_TYPES, *codec._OUTBOUND])
+    for i in range(2 * codec.CACHED):
+        small = (("contentType", b"text/plain"), ("n", str(i).encode()))
+        codec.inbound_content_type(small, "application/json")
+        outbound_headers(small, "text/plain")
+    assert len(codec._CONTENT_TYPES) == len(codec._OUTBOUND) == codec.CACHED

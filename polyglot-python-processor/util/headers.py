@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
+from typing import Any, TypeVar
 
 Headers = Sequence[tuple[str, bytes | None]]
+T = TypeVar("T")
 
 TYPES_HEADER = "spring_json_header_types"
 CONTENT_TYPE = "contentType"
@@ -91,12 +93,28 @@ def content_type(headers: Headers, default: str) -> str:
 
 def inbound_content_type(headers: tuple[tuple[str, bytes | None], ...], default: str) -> str:
     """``content_type`` of a record's headers as a tuple, cached: records of one producer mostly share them."""
-    return _content_type(headers, default) if headers else default
+    if not headers:
+        return default
+    key = (headers, default)
+    found = _CONTENT_TYPES.get(key)
+    if found is None:
+        found = _remember(_CONTENT_TYPES, key, content_type(headers, default), headers)
+    return found
 
 
-@lru_cache(maxsize=512)
-def _content_type(headers: tuple[tuple[str, bytes | None], ...], default: str) -> str:
-    return content_type(headers, default)
+# Results by the headers they came from (records of one producer mostly share theirs): at most CACHED entries,
+# the oldest dropped first, and none for headers over CACHED_BYTES, so large headers are never held on to.
+CACHED, CACHED_BYTES = 512, 16 << 10
+_CONTENT_TYPES: dict[tuple[Any, ...], str] = {}
+_OUTBOUND: dict[tuple[Any, ...], tuple[tuple[str, bytes | None], ...]] = {}
+
+
+def _remember(cache: dict[tuple[Any, ...], T], key: tuple[Any, ...], value: T, headers: Headers) -> T:
+    if sum(len(k) + len(v or b"") for k, v in headers) <= CACHED_BYTES:
+        if len(cache) >= CACHED:
+            del cache[next(iter(cache))]
+        cache[key] = value
+    return value
 
 
 @lru_cache(maxsize=64)
@@ -114,10 +132,14 @@ def outbound_headers(headers: Headers, media_type: str, null: bytes | None = Non
     (None where the client writes null values). Records of one producer mostly share their headers,
     so the result is cached by them.
     """
-    return list(_outbound_headers(tuple(headers), media_type, null))
+    inbound = tuple(headers)
+    key = (inbound, media_type, null)
+    found = _OUTBOUND.get(key)
+    if found is None:
+        found = _remember(_OUTBOUND, key, _outbound_headers(inbound, media_type, null), inbound)
+    return list(found)
 
 
-@lru_cache(maxsize=512)
 def _outbound_headers(headers: tuple[tuple[str, bytes | None], ...], media_type: str,
                       null: bytes | None) -> tuple[tuple[str, bytes | None], ...]:
     try:
