@@ -156,9 +156,16 @@ BILLION_LAUGHS = "".join(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9) if prev
                          for prev, name in zip(["", *"abcdefgh"], "abcdefghi", strict=True))
 
 
+# Under the alias limit, each alias still doubles a list: 48 of them expand to 2^24 values and more.
+DOUBLING = "l0: &l0 [x]\n" + "".join(f"l{n}: &l{n} [*l{n - 1}, *l{n - 1}]\n" for n in range(1, 25))
+
+
 @pytest.mark.parametrize(("text", "message"), [
     (BILLION_LAUGHS, "72 YAML aliases, over the 50 allowed"),
     ("a: &a\n  b: *a\n", "an alias refers to a map that holds it"),
+    (DOUBLING, "expands to more than 100,000 values"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "collections nested deeper than 50"),
+    ("a:\n" + "".join(f"{'  ' * n}k{n}:\n" for n in range(1, 60)), "collections nested deeper than 50"),
 ])
 def test_a_yaml_alias_bomb_is_refused_with_one_line_before_it_expands(cwd: Path, text: str, message: str) -> None:
     write(cwd / "application.yml", text)

@@ -10,6 +10,7 @@ location ``application.properties`` overrides ``application.yml``, which overrid
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,10 @@ LOCATION = "spring.config.location"
 ADDITIONAL_LOCATION = "spring.config.additional-location"
 EXTENSIONS = (".yaml", ".yml", ".properties")  # lowest precedence first
 MAX_ALIASES = 50  # SnakeYAML's default maxAliasesForCollections
+MAX_DEPTH = 50  # SnakeYAML's default nestingDepthLimit
+# Values (maps, lists and scalars) a YAML file may expand to: fewer aliases than the limit still double a
+# list each, 2^48 values from 48 of them.
+MAX_VALUES = 100_000
 ON_PROFILE = "spring.config.activate.on-profile"  # a document only a profile activates: no profile is active here
 _UNICODE = re.compile(r"[0-9a-fA-F]{4}")
 
@@ -177,12 +182,10 @@ def read_yaml(text: str, name: str) -> dict[str, str]:
     """A YAML file's documents, flattened as Spring Boot does: ``a.b.c``, ``list[0]``, ``true``, null as empty."""
     import yaml  # only when there is a YAML file: its C extension costs a megabyte or two of memory
 
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's; PyYAML's scanner is quadratic in nesting
     try:
-        aliases = sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader))
-        if aliases > MAX_ALIASES:  # a few anchors referring to each other expand exponentially ("billion laughs")
-            raise ConfigFileError(f"{name}: {aliases} YAML aliases, over the {MAX_ALIASES} allowed (as SnakeYAML's "
-                                  "maxAliasesForCollections in Spring Boot): expand them or use fewer")
-        documents = list(yaml.safe_load_all(text))
+        _check_events(yaml, yaml.parse(text, Loader=loader), name)
+        documents = list(yaml.load_all(text, Loader=loader))
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
         where = f"{name}:{mark.line + 1}" if mark is not None else name
@@ -197,25 +200,52 @@ def read_yaml(text: str, name: str) -> dict[str, str]:
                                   "property names to values")
         flat: dict[str, str] = {}
         try:
-            _flatten("", document, flat, ())
+            _flatten("", document, flat, (), [MAX_VALUES])
         except RecursionError:
             raise ConfigFileError(f"{name}: document {number} nests too deeply (or an alias refers to a map that "
                                   "holds it)") from None
+        except OverflowError:
+            raise ConfigFileError(f"{name}: document {number} expands to more than {MAX_VALUES:,} values (its "
+                                  "aliases refer to each other): expand them or use fewer") from None
         flat_documents.append(flat)
     return _merge(flat_documents)
 
 
-def _flatten(prefix: str, value: Any, flat: dict[str, str], holders: tuple[int, ...]) -> None:
+def _check_events(yaml: Any, events: Iterable[Any], name: str) -> None:
+    """Refuse, before anything expands, what SnakeYAML refuses in Spring Boot: more than MAX_ALIASES aliases (a few
+    anchors referring to each other expand exponentially: "billion laughs"), collections nested deeper than
+    MAX_DEPTH."""
+    aliases = depth = 0
+    for event in events:
+        if isinstance(event, yaml.AliasEvent):
+            aliases += 1
+        elif isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigFileError(f"{name}: collections nested deeper than {MAX_DEPTH} (as SnakeYAML's "
+                                      "nestingDepthLimit in Spring Boot)")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    if aliases > MAX_ALIASES:
+        raise ConfigFileError(f"{name}: {aliases} YAML aliases, over the {MAX_ALIASES} allowed (as SnakeYAML's "
+                              "maxAliasesForCollections in Spring Boot): expand them or use fewer")
+
+
+def _flatten(prefix: str, value: Any, flat: dict[str, str], holders: tuple[int, ...], budget: list[int]) -> None:
+    """``value`` into ``flat`` under ``prefix``; each value visited spends one of ``budget`` (OverflowError: spent)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise OverflowError
     if isinstance(value, dict | list):
         if id(value) in holders:
             raise RecursionError  # an alias to a map or list that holds it
         holders = (*holders, id(value))
     if isinstance(value, dict):
         for key, item in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), item, flat, holders)
+            _flatten(f"{prefix}.{key}" if prefix else str(key), item, flat, holders, budget)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _flatten(f"{prefix}[{index}]", item, flat, holders)
+            _flatten(f"{prefix}[{index}]", item, flat, holders, budget)
     elif isinstance(value, bool):
         flat[prefix] = "true" if value else "false"
     else:
