@@ -8,6 +8,7 @@ import logging
 import resource
 import selectors
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from conftest import Figures
 from devkit.apps import App
+from devkit.waiting import wait_for
 from util.httpd import Request, Response, Server
 
 pytestmark = pytest.mark.one_client  # the actuator knows no Kafka client
@@ -269,3 +271,79 @@ def test_clients_pipelining_hundreds_of_scrapes_leave_the_probes_fast(app: App, 
     assert max(timings) < 1.0, timings
     figures.add("probe answer time with 4 clients pipelining 200 scrapes each (max of 10)",
                 f"{1000 * max(timings):.0f} ms")
+
+
+@contextlib.contextmanager
+def attacking(*attacks: Callable[[threading.Event], None]) -> Iterator[None]:
+    """Each attack on a thread of its own until the block ends (it gets the event that says stop)."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=attack, args=(stop,), daemon=True) for attack in attacks]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+
+
+def test_a_client_pipelining_without_pause_is_held_back_not_buffered(app: App, figures: Figures) -> None:
+    """One connection that sends requests as fast as it can and reads every answer: its inbox grew without bound
+    (1.1 GB in 25 s); now the server reads no more while a full head waits, so TCP holds the client back."""
+    pid, answers = app.process.pid, [0]
+    rss = threads_and_memory(pid)[1]
+    sock = socket.create_connection(("127.0.0.1", app.port), timeout=10)
+
+    def write(stop: threading.Event) -> None:
+        burst = b"GET /actuator/health/liveness HTTP/1.1\r\nHost: x\r\n\r\n" * 2000
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                sock.sendall(burst)
+
+    def read(stop: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set() and (data := sock.recv(1 << 20)):
+                answers[0] += data.count(b"HTTP/1.1 200")
+
+    try:
+        with attacking(write, read):
+            wait_for(lambda: answers[0] >= 200_000, 120, "200,000 pipelined answers")
+            timings = probe_times(app.port)
+            grown = threads_and_memory(pid)[1] - rss
+    finally:
+        sock.close()
+    figures.add("one client pipelining without pause: RSS growth after 200,000 answers", f"{grown:.0f} MiB")
+    figures.add("probe answer time meanwhile (max of 10)", f"{1000 * max(timings):.0f} ms")
+    assert grown < 20, f"RSS grew {grown:.0f} MiB"
+    assert max(timings) < 1.0, timings
+
+
+def test_a_flood_of_connections_that_never_read_their_answers_fails_no_probe(app: App, figures: Figures) -> None:
+    """Two clients opening connection after connection, each with 50 scrapes pipelined and a tiny receive buffer:
+    probes were reset (the cap closed the connection nearest its deadline: a new probe's) or took 5 s (a round
+    answered every connection)."""
+    opened: list[socket.socket] = []
+
+    def flood(stop: threading.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+                sock.settimeout(5)
+                sock.connect(("127.0.0.1", app.port))
+                sock.sendall(b"GET /actuator/prometheus HTTP/1.1\r\nHost: x\r\n\r\n" * 50)
+                opened.append(sock)
+            while len(opened) > 2000:
+                opened.pop(0).close()
+
+    try:
+        with attacking(flood, flood):
+            wait_for(lambda: len(opened) >= 1500, 60, "1,500 connections opened")
+            timings = probe_times(app.port) + probe_times(app.port)
+    finally:
+        for sock in opened:
+            sock.close()
+    figures.add("probe answer time while connections that never read flood in (max of 20)",
+                f"{1000 * max(timings):.0f} ms")
+    assert max(timings) < 1.0, timings

@@ -18,10 +18,12 @@ from http import HTTPStatus
 
 MAX_HEAD = 8192  # request line and headers; probes and Prometheus send a few hundred bytes
 MAX_HEADERS = 100
-MAX_CONNECTIONS = 512  # past it the connection nearest its deadline is closed: a new probe always gets in
+MAX_CONNECTIONS = 512  # past it the connection open longest is closed: a new probe always gets in
 TIMEOUT = 10.0  # seconds for a whole request to arrive, an answer to leave, or a kept-alive connection to idle
 BACKLOG = 1024  # a burst of connections must not wait on SYN retries
-ACCEPTS_PER_ROUND = 64  # then read what the accepted sent: a probe is read before newer connections evict it
+ACCEPTS_PER_ROUND = 128  # then read what the accepted sent: a probe is read before newer connections evict it
+ROUND_SECONDS = 0.02  # answering a round stops past this (probes answered first); the rest wait their turn
+PROBES = (b"/actuator/health", b"/actuator/info")  # cheap answers, and what Kubernetes waits on
 REFUSED = frozenset({"POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"})  # 405; any other method but GET: 501
 _END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
 _LINE = re.compile(r"\r?\n")
@@ -64,12 +66,24 @@ def error(status: HTTPStatus, **details: str) -> Response:
 class _Connection:
     """One client: what it sent and what it is sent, and when it runs out of time."""
 
-    __slots__ = ("closed", "deadline", "draining", "inbox", "keep_alive", "outbox", "peer", "sock")
+    __slots__ = ("closed", "deadline", "draining", "events", "inbox", "keep_alive", "outbox", "peer", "sock")
 
     def __init__(self, sock: socket.socket, peer: str, deadline: float) -> None:
         self.sock, self.peer, self.deadline = sock, peer, deadline
         self.inbox, self.outbox = bytearray(), bytearray()
         self.keep_alive, self.draining, self.closed = True, False, False
+        self.events = 0  # what the selector watches it for (0: nothing, while its inbox is full)
+
+    def has_request(self) -> bool:
+        """A whole request (or a head over the limit, to refuse) waits in the inbox, and nothing is being sent."""
+        inbox = self.inbox
+        return (not self.outbox and not self.draining and bool(inbox)
+                and (len(inbox) >= MAX_HEAD or _END_OF_HEAD.search(inbox, 0, MAX_HEAD) is not None))
+
+    def is_probe(self) -> bool:
+        """The next request asks for health or info: answered before the others of a round."""
+        line = bytes(self.inbox[:64]).lstrip(b"\r\n").split(b" ", 2)
+        return len(line) > 1 and line[0] in (b"GET", b"HEAD") and line[1].startswith(PROBES)
 
 
 class Server:
@@ -84,12 +98,13 @@ class Server:
         self.port: int = self.listener.getsockname()[1]
         self.handler, self.log = handler, log
         self._connections: OrderedDict[socket.socket, _Connection] = OrderedDict()  # nearest deadline first
+        self._opened: OrderedDict[socket.socket, _Connection] = OrderedDict()  # open longest first
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.listener, selectors.EVENT_READ)
         self._wake, self._woken = socket.socketpair()
         self._selector.register(self._woken, selectors.EVENT_READ)
         self._stopping = self._accept_failing = False
-        self._pending: set[_Connection] = set()  # a request waits in the inbox: answered on the next round
+        self._queue: OrderedDict[_Connection, None] = OrderedDict()  # a whole request waits: answered in turn
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
@@ -103,14 +118,12 @@ class Server:
     def _serve(self) -> None:
         try:
             while not self._stopping:
-                for key, _ in self._selector.select(0.0 if self._pending else self._until_next_deadline()):
+                for key, _ in self._selector.select(0.0 if self._queue else self._until_next_deadline()):
                     if key.fileobj is self.listener:
                         self._accept()
                     elif isinstance(key.data, _Connection) and not key.data.closed:
-                        self._ready_or_close(key.data)
-                waiting, self._pending = self._pending, set()
-                for connection in waiting:  # one request each a round: a pipeline never holds up the others
-                    self._ready_or_close(connection, answer_only=True)
+                        self._safely(self._ready, key.data)
+                self._answer_round()
                 now = time.monotonic()
                 while self._connections and (oldest := next(iter(self._connections.values()))).deadline <= now:
                     self._close(oldest)
@@ -133,34 +146,32 @@ class Server:
             except BlockingIOError:
                 return
             except OSError as failure:
-                if failure.errno in (errno.EMFILE, errno.ENFILE) and self._connections:
-                    self._close(next(iter(self._connections.values())))  # a file for the new one
+                if failure.errno in (errno.EMFILE, errno.ENFILE) and self._opened:
+                    self._close(next(iter(self._opened.values())))  # a file for the new one
                     continue
                 if not self._accept_failing:
                     self.log.warning("Cannot accept a connection: %s", failure)
                 self._accept_failing = True
+                time.sleep(0.05)  # the listener stays readable: no spinning while accepting fails
                 return
             self._accept_failing = False
-            if len(self._connections) >= MAX_CONNECTIONS:
-                self._close(next(iter(self._connections.values())))
+            if len(self._opened) >= MAX_CONNECTIONS:
+                self._close(next(iter(self._opened.values())))
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connection = _Connection(sock, peer[0], time.monotonic() + TIMEOUT)
-            self._connections[sock] = connection
-            self._selector.register(sock, selectors.EVENT_READ, connection)
+            self._connections[sock] = self._opened[sock] = connection
+            self._watch(connection)
 
-    def _ready_or_close(self, connection: _Connection, answer_only: bool = False) -> None:
+    def _safely(self, step: Callable[[_Connection], None], connection: _Connection) -> None:
         try:
-            if answer_only:
-                self._answer_next(connection)
-            else:
-                self._ready(connection)
+            step(connection)
         except Exception:  # one connection's failure closes it, never the server
             self.log.exception("Closing the connection from %s", connection.peer)
             self._close(connection)
 
     def _ready(self, connection: _Connection) -> None:
-        """Read or write what the socket is ready for, then answer the first request that has arrived whole."""
+        """Read or write what the socket is ready for; a request that arrived whole waits its turn in the queue."""
         if connection.outbox:
             self._flush(connection)
         else:
@@ -176,20 +187,55 @@ class Server:
             if connection.draining:  # answered and closing: what else the client sends is dropped
                 return
             connection.inbox += data
-        self._answer_next(connection)
+        if not connection.closed:
+            self._watch(connection)
+            if connection.has_request():
+                self._queue[connection] = None
+
+    def _answer_round(self) -> None:
+        """One request of each queued connection, probes first, until ROUND_SECONDS have passed; those left go
+        first next round. A connection with more requests waits behind them."""
+        queued = sorted(self._queue, key=lambda connection: not connection.is_probe())
+        self._queue.clear()  # what is answered and has more requests comes back into it
+        started, left = time.monotonic(), []
+        for connection in queued:
+            if connection.closed:
+                continue
+            if time.monotonic() - started > ROUND_SECONDS and not connection.is_probe():
+                left.append(connection)
+                continue
+            self._safely(self._answer_next, connection)
+        if left:
+            again, self._queue = self._queue, OrderedDict.fromkeys(c for c in left if not c.closed)
+            self._queue.update(again)
 
     def _answer_next(self, connection: _Connection) -> None:
-        """Answer the first whole request in the inbox; the connection waits its next round for the one after."""
-        if connection.outbox or connection.draining or connection.closed:
-            return
+        """Answer the first whole request in the inbox; the connection waits its next turn for the one after."""
         answer = self._take(connection)
         if answer is None:
             return
         connection.outbox += answer
         self._touch(connection)
         self._flush(connection)
-        if connection.inbox and not connection.closed:
-            self._pending.add(connection)
+        if not connection.closed:
+            self._watch(connection)
+            if connection.has_request():
+                self._queue[connection] = None
+
+    def _watch(self, connection: _Connection) -> None:
+        """Watch for writing while an answer waits to leave, else for reading while the inbox has room (a full
+        one is answered first: a pipelining client is held back by TCP, never buffered without bound)."""
+        events = (selectors.EVENT_WRITE if connection.outbox else
+                  selectors.EVENT_READ if connection.draining or len(connection.inbox) < MAX_HEAD else 0)
+        if events == connection.events:
+            return
+        if not connection.events:
+            self._selector.register(connection.sock, events, connection)
+        elif not events:
+            self._selector.unregister(connection.sock)
+        else:
+            self._selector.modify(connection.sock, events, connection)
+        connection.events = events
 
     def _take(self, connection: _Connection) -> bytes | None:
         """The answer to the first request in the inbox, taken out of it; None while it is incomplete."""
@@ -235,7 +281,7 @@ class Server:
             return
         del connection.outbox[:sent]
         if connection.outbox:
-            self._selector.modify(connection.sock, selectors.EVENT_WRITE, connection)
+            self._watch(connection)
             return
         if not connection.keep_alive:  # the client reads to the end; closing on its unread bytes would reset
             try:
@@ -244,7 +290,7 @@ class Server:
                 self._close(connection)
                 return
             connection.draining = True
-        self._selector.modify(connection.sock, selectors.EVENT_READ, connection)
+        self._watch(connection)
         self._touch(connection)
 
     def _touch(self, connection: _Connection) -> None:
@@ -255,9 +301,10 @@ class Server:
     def _close(self, connection: _Connection) -> None:
         if not connection.closed:
             connection.closed = True
-            self._pending.discard(connection)
-            del self._connections[connection.sock]
-            self._selector.unregister(connection.sock)
+            self._queue.pop(connection, None)
+            del self._connections[connection.sock], self._opened[connection.sock]
+            if connection.events:
+                self._selector.unregister(connection.sock)
             connection.sock.close()
 
 
