@@ -47,12 +47,12 @@ PRODUCER_DEFAULTS = {"message.max.bytes": 1 << 20, "linger.ms": 5}
 # check.crcs as Java's default (librdkafka's is off: a batch damaged on the way or on disk was passed on).
 CONSUMER_DEFAULTS = {"queued.min.messages": 1000, "queued.max.messages.kbytes": 1024, "fetch.queue.backoff.ms": 5,
                      "max.partition.fetch.bytes": 128 << 10, "check.crcs": True}
-# Every client: Java's reconnect back-off (50 ms doubling to 1 s; librdkafka's own grows to 10 s), and no
-# re-bootstrap (Java's default before Kafka 4): with it, librdkafka answers "all brokers down" by starting new
-# broker handles at once, whose back-off starts anew, so an address that resets every connection (a load
-# balancer with no broker behind it) was reconnected to 25 times a second.
-CONNECTION_DEFAULTS = {"reconnect.backoff.ms": 50, "reconnect.backoff.max.ms": 1000,
-                       "metadata.recovery.strategy": "none"}
+# Every client: reconnects at most once a second (Java's longest back-off). When every broker is down librdkafka
+# re-bootstraps at once, with new broker connections whose back-off starts anew at reconnect.backoff.ms (librdkafka
+# issue 5546): with its 100 ms an address that resets every connection (a load balancer with no broker behind it)
+# was reconnected to 35 times a second. metadata.recovery.strategy=none keeps the back-off growing, but librdkafka
+# 2.16 then crashed (SIGSEGV) when the broker restarted.
+CONNECTION_DEFAULTS = {"reconnect.backoff.ms": 1000, "reconnect.backoff.max.ms": 1000}
 # Java keys that librdkafka spells differently.
 RENAMED = {"fetch.max.wait.ms": "fetch.wait.max.ms", "max.request.size": "message.max.bytes",
             "receive.buffer.bytes": "socket.receive.buffer.bytes", "send.buffer.bytes": "socket.send.buffer.bytes",
