@@ -726,16 +726,35 @@ def _tolerant_timestamps(strict: Callable[[bytes, int], tuple[Any, int]]) -> Cal
     since the epoch (forwarded as a long), instead of failing the whole message."""
     def decode_value(encoded: bytes, offset: int) -> tuple[Any, int]:
         try:
-            return strict(encoded, offset)
+            value, end = strict(encoded, offset)
         except (OverflowError, OSError, ValueError):
             if encoded[offset:offset + 1] != b"T":
                 raise
             return struct.unpack_from(">q", encoded, offset + 1)[0], offset + 9
+        if isinstance(value, bytes) and encoded[offset:offset + 1] == b"S":  # a long string that is not UTF-8
+            return LongString(value), end
+        return value, end
 
     return decode_value
 
 
+class LongString(bytes):
+    """An AMQP long string (``S``) pika could not decode as UTF-8: written back as a long string, not as the
+    byte array (``x``) pika writes bytes as, so a Spring consumer still reads a String."""
+
+
+def _long_strings(strict: Callable[[list[bytes], Any], int]) -> Callable[[list[bytes], Any], int]:
+    def encode_value(pieces: list[bytes], value: Any) -> int:
+        if isinstance(value, LongString):
+            pieces += [struct.pack(">cI", b"S", len(value)), bytes(value)]
+            return 5 + len(value)
+        return strict(pieces, value)
+
+    return encode_value
+
+
 pika.data.decode_value = _tolerant_timestamps(pika.data.decode_value)  # tables inside tables call it by this name
+pika.data.encode_value = _long_strings(pika.data.encode_value)  # likewise
 
 
 def _headers(properties: Any) -> list[tuple[str, bytes | None]]:
