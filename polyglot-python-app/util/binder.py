@@ -178,8 +178,9 @@ class Binder:
         self.source = None if source is None else self.client.input(source)
         self.servers = self.client.servers
         self._reachable: str | None = None  # why no broker takes a connection, as last checked
-        self._watcher: threading.Thread | None = None
         self._checked = threading.Event()
+        # at once, so that the first probe seldom waits for the first check
+        threading.Thread(target=self._watch_brokers, name="broker-check", daemon=True).start()
         self.consumer: Consumer | None = None
         self.producers: dict[str, Producer] = {}
         self.partition_counts: dict[str, int] = {}
@@ -212,9 +213,6 @@ class Binder:
         own, so a broker address that drops packets never holds up the actuator's one thread (nor a liveness probe)."""
         if (problem := self.client.problem()) is not None:
             return problem
-        if self._watcher is None:
-            self._watcher = threading.Thread(target=self._watch_brokers, name="broker-check", daemon=True)
-            self._watcher.start()
         self._checked.wait(1.0)  # the first answer waits for the first check
         return self._reachable
 
