@@ -312,10 +312,11 @@ def test_soak_at_a_steady_rate_grows_neither_memory_nor_files(
 
     warm, last = window(0.25, 0.5), window(0.75, 1.01)  # the first quarter is warm-up
     rss_warm, rss_last = statistics.median(s[1] for s in warm), statistics.median(s[1] for s in last)
-    fds_warm, fds_last = max(s[2] for s in warm), max(s[2] for s in last)
+    # medians: the health check's probe of the brokers holds a socket for a moment every 2 s
+    fds_warm, fds_last = statistics.median(s[2] for s in warm), statistics.median(s[2] for s in last)
     assert rss_last - rss_warm < 5.0, f"RSS grew from {rss_warm:.1f} to {rss_last:.1f} MiB"
     assert fds_last <= fds_warm, f"open files grew from {fds_warm} to {fds_last}"
     figures.add(f"{kind}: records, rate, length", f"{sent}, {rate}/s, {SOAK_SECONDS:g} s")
     figures.add(f"{kind}: RSS first sample, median of the 2nd quarter, of the last quarter, peak",
                 f"{samples[0][1]:.1f}, {rss_warm:.1f}, {rss_last:.1f}, {max(s[1] for s in samples):.1f} MiB")
-    figures.add(f"{kind}: open files, 2nd quarter, last quarter", f"{fds_warm}, {fds_last}")
+    figures.add(f"{kind}: open files, median of the 2nd quarter, of the last quarter", f"{fds_warm:g}, {fds_last:g}")
