@@ -5,11 +5,15 @@ settings that are not numbers. Each on both Kafka clients, on a real broker."""
 from __future__ import annotations
 
 import re
+import struct
 import time
 from collections.abc import Callable
 
 import confluent_kafka
+import crc32c
 import pytest
+from kafka import KafkaProducer
+from kafka.record.default_records import DefaultRecordBatchBuilder
 from test_faults_edges import DLQ, TEXT, by_value, delivery_down, health
 
 from conftest import Figures, Kafka
@@ -182,3 +186,36 @@ def test_a_codec_the_client_does_not_know_is_one_line_naming_it(
     assert app.wait(60) == 1
     assert re.search(r"Configuration error: .*(compression.*bogus|bogus.*compression|codec: bogus)", app.log), app.log
     assert "Traceback" not in app.log
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd", "snappy", "lz4"])
+def test_a_compressed_batch_that_cannot_be_decompressed_stalls_its_partition(
+        kafka: Kafka, names: Callable[[str], str], start_processor: Callable[..., App], codec: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A faulty producer's batch: its compressed bytes damaged, its CRC computed over the damage (the broker keeps
+    it). kafka-python let the codec library's error end the app, on every restart; librdkafka skipped the batch."""
+    source, sink = kafka.create(names("in")), kafka.create(names("out"))
+    kafka.produce(source, [b"before"], headers=[("contentType", TEXT)])
+    build = DefaultRecordBatchBuilder.build
+
+    def damaged(self: DefaultRecordBatchBuilder) -> bytearray:
+        batch = bytearray(build(self))
+        for at in range(61, min(len(batch), 71)):  # the compressed records, after the batch's header
+            batch[at] ^= 0x5A
+        struct.pack_into(">I", batch, 17, crc32c.crc32c(bytes(batch[21:])))
+        return batch
+
+    monkeypatch.setattr(DefaultRecordBatchBuilder, "build", damaged)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap, compression_type=codec, enable_idempotence=False)
+    producer.send(source, b"poison " * 50, headers=[("contentType", TEXT)]).get(10)
+    producer.close(5)
+    monkeypatch.undo()
+    kafka.produce(source, [b"after"], headers=[("contentType", TEXT)])
+    app = start_processor(source, sink, "--reversestring=true")
+    assert [r.value for r in kafka.read(sink, 1)] == [b"erofeb"]
+    wait_for(lambda: "fetched records damaged" in delivery_down(app), 60, "health DOWN naming the damage")
+    wait_for(lambda: app.log.count("cannot be read") >= 2, 60, "fetched again after a back-off, still damaged")
+    assert [r.value for r in kafka.read(sink, 2, timeout=2, settle=0.5)] == [b"erofeb"]  # nothing past the damage
+    assert app.process.poll() is None
+    assert "Traceback" not in app.log
+    assert app.stop() == 0

@@ -301,12 +301,20 @@ class Binder:
         self.state = "stopped"
 
     def _stall_damaged(self, batch: Mapping[TP, list[Any]]) -> Mapping[TP, list[Any]]:
-        """Partitions whose fetched data the client found damaged (a CRC mismatch): stalled at the damage, or at
-        their first record of this batch, so nothing at or after it is passed on; fetched again after a back-off."""
+        """Partitions whose fetched data the client found damaged (a CRC mismatch, a batch that cannot be
+        decompressed): stalled at the damage, or at their first record of this batch, so nothing at or after it is
+        passed on; fetched again after a back-off. Records before the damage are processed first: the stall then
+        waits for the next poll. A partition already held (rewound) meets the damage again when fetched again."""
         damaged, self.consumer.damaged = self.consumer.damaged, {}
         batch = dict(batch)
         for tp, (offset, reason) in damaged.items():
             records = batch.pop(tp, None)
+            if tp in self.stalled:
+                continue
+            if records and records[0].offset < offset:
+                batch[tp] = [record for record in records if record.offset < offset]
+                self.consumer.damaged[tp] = (offset, reason)
+                continue
             resume = min(offset, records[0].offset) if records else offset
             log.error("Records of %s-%d from offset %d cannot be read (%s): fetching them again from offset %d after "
                       "a back-off; nothing from there on is passed on", *tp, offset, reason, resume)
@@ -609,6 +617,8 @@ class Binder:
         for tp in partitions:
             self.stalled.pop(tp, None)
             self._pauses.pop(tp, None)
+            if self.consumer is not None:
+                self.consumer.damaged.pop(tp, None)
         gone = set(partitions)
         self._attempts = {where: made for where, made in self._attempts.items() if where[:2] not in gone}
 

@@ -28,6 +28,7 @@ from kafka.errors import (
     UnsupportedForMessageFormatError,
 )
 from kafka.record.default_records import DefaultRecordBatch
+from kafka.record.legacy_records import LegacyRecordBatch
 from kafka.serializer import Serializer
 
 from . import kafka_config
@@ -237,7 +238,25 @@ def _read_tolerantly(strict: Callable[..., Any]) -> Callable[..., Any]:
     return read
 
 
+def _decompressing(strict: Callable[..., Any]) -> Callable[..., Any]:
+    """kafka-python's decompression of a batch, its codec library's own error (a damaged gzip, zstd, snappy or lz4
+    payload whose CRC still matches: what a faulty producer writes) raised as the CorruptRecordError of a batch that
+    cannot be read, which stalls its partition; kafka-python let it through and the app ended."""
+    def decompress(batch: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return strict(batch, *args, **kwargs)
+        except KafkaError:
+            raise
+        except Exception as error:  # each codec library raises its own kinds
+            raise CorruptRecordError(f"a compressed batch that cannot be decompressed ({type(error).__name__}: "
+                                     f"{error})") from error
+
+    return decompress
+
+
 DefaultRecordBatch._read_msg = _read_tolerantly(DefaultRecordBatch._read_msg)
+DefaultRecordBatch._maybe_uncompress = _decompressing(DefaultRecordBatch._maybe_uncompress)
+LegacyRecordBatch._decompress = _decompressing(LegacyRecordBatch._decompress)
 
 
 class _Listener(ConsumerRebalanceListener):

@@ -38,6 +38,7 @@ REBALANCED = frozenset({KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GEN
                         KafkaError.UNKNOWN_MEMBER_ID, KafkaError.FENCED_INSTANCE_ID, KafkaError._ASSIGNMENT_LOST,
                         KafkaError.STALE_MEMBER_EPOCH, KafkaError.FENCED_MEMBER_EPOCH})
 _UNANSWERED = (KafkaError._TRANSPORT, KafkaError._TIMED_OUT)
+UNREADABLE = frozenset({KafkaError._BAD_MSG, KafkaError._BAD_COMPRESSION})
 MAX_POLL_RECORDS = 500  # Java's max.poll.records: the records one poll hands the loop
 # Java's max.request.size (1 MiB) and linger; librdkafka's own batch.size (1 MB) fills well before a flush.
 PRODUCER_DEFAULTS = {"message.max.bytes": 1 << 20, "linger.ms": 5}
@@ -263,7 +264,8 @@ class Consumer:
             raise KafkaException(error)
         if error.code() == KafkaError._PARTITION_EOF:
             return
-        if error.code() == KafkaError._BAD_MSG and message.topic():  # a batch failed its CRC check: not passed on
+        if error.code() in UNREADABLE and message.topic():  # a batch that fails its CRC check, or cannot be
+            # decompressed: nothing of it is passed on (librdkafka would skip it), its partition stalls there
             tp = (message.topic(), message.partition())
             self.damaged.setdefault(tp, (message.offset(), error.str()))
             return
