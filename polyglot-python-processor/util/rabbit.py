@@ -27,9 +27,9 @@ from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 import pika
-import pika.data
 from pika.exceptions import AMQPChannelError, AMQPConnectionError, AMQPError, ChannelClosedByBroker
 
+from . import amqp_values  # noqa: F401 - mends pika's codec of header values
 from .arguments import ConfigError, Properties
 from .bindings import INSTANCE_COUNT, INSTANCE_INDEX, InputBinding, output_properties
 from .headers import CONTENT_TYPE, TYPES_HEADER, UnreadableHeaders
@@ -718,43 +718,6 @@ class Client:
                     self.connection.declare(group_queue(destination, f"{base}-{index}", key, mine, base))
             else:
                 self.connection.declare(group_queue(destination, base, mine["binding_key"] or "#", mine, base))
-
-
-def _tolerant_timestamps(strict: Callable[[bytes, int], tuple[Any, int]]) -> Callable[[bytes, int], tuple[Any, int]]:
-    """pika's AMQP value decoder, reading a timestamp it cannot (pika reads them unsigned, so a date before 1970 as
-    Java writes it fails, and so does Java's ``new Date(Long.MAX_VALUE)``, year 292,278,994) as its signed seconds
-    since the epoch (forwarded as a long), instead of failing the whole message."""
-    def decode_value(encoded: bytes, offset: int) -> tuple[Any, int]:
-        try:
-            value, end = strict(encoded, offset)
-        except (OverflowError, OSError, ValueError):
-            if encoded[offset:offset + 1] != b"T":
-                raise
-            return struct.unpack_from(">q", encoded, offset + 1)[0], offset + 9
-        if isinstance(value, bytes) and encoded[offset:offset + 1] == b"S":  # a long string that is not UTF-8
-            return LongString(value), end
-        return value, end
-
-    return decode_value
-
-
-class LongString(bytes):
-    """An AMQP long string (``S``) pika could not decode as UTF-8: written back as a long string, not as the
-    byte array (``x``) pika writes bytes as, so a Spring consumer still reads a String."""
-
-
-def _long_strings(strict: Callable[[list[bytes], Any], int]) -> Callable[[list[bytes], Any], int]:
-    def encode_value(pieces: list[bytes], value: Any) -> int:
-        if isinstance(value, LongString):
-            pieces += [struct.pack(">cI", b"S", len(value)), bytes(value)]
-            return 5 + len(value)
-        return strict(pieces, value)
-
-    return encode_value
-
-
-pika.data.decode_value = _tolerant_timestamps(pika.data.decode_value)  # tables inside tables call it by this name
-pika.data.encode_value = _long_strings(pika.data.encode_value)  # likewise
 
 
 def _headers(properties: Any) -> list[tuple[str, bytes | None]]:
