@@ -347,3 +347,16 @@ def test_a_flood_of_connections_that_never_read_their_answers_fails_no_probe(app
     figures.add("probe answer time while connections that never read flood in (max of 20)",
                 f"{1000 * max(timings):.0f} ms")
     assert max(timings) < 1.0, timings
+
+
+@pytest.mark.parametrize("count", [1, 5, 400])  # 400: more than a full head, so the inbox fills and waits
+def test_requests_sent_before_a_half_close_are_all_answered(app: App, count: int) -> None:
+    """As ``printf ... | nc -N`` sends them: the end of the client's stream closed the connection with requests
+    still unanswered (1 answer of 5)."""
+    with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
+        sock.sendall(b"GET /actuator/health/liveness HTTP/1.1\r\nHost: x\r\n\r\n" * count)
+        sock.shutdown(socket.SHUT_WR)
+        received = bytearray()
+        while chunk := sock.recv(1 << 16):  # until the server closes, after its last answer
+            received += chunk
+    assert received.count(b"HTTP/1.1 200") == count

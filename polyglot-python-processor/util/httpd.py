@@ -66,12 +66,13 @@ def error(status: HTTPStatus, **details: str) -> Response:
 class _Connection:
     """One client: what it sent and what it is sent, and when it runs out of time."""
 
-    __slots__ = ("closed", "deadline", "draining", "events", "inbox", "keep_alive", "outbox", "peer", "sock")
+    __slots__ = ("closed", "deadline", "draining", "ended", "events", "inbox", "keep_alive", "outbox", "peer", "sock")
 
     def __init__(self, sock: socket.socket, peer: str, deadline: float) -> None:
         self.sock, self.peer, self.deadline = sock, peer, deadline
         self.inbox, self.outbox = bytearray(), bytearray()
         self.keep_alive, self.draining, self.closed = True, False, False
+        self.ended = False  # the client sent all it will (a half-close): what it asked for is answered, then closed
         self.events = 0  # what the selector watches it for (0: nothing, while its inbox is full)
 
     def has_request(self) -> bool:
@@ -182,14 +183,16 @@ class Server:
             except OSError:
                 data = b""
             if not data:
-                self._close(connection)
-                return
+                if connection.draining or not connection.has_request():
+                    self._close(connection)
+                    return
+                connection.ended = True
             if connection.draining:  # answered and closing: what else the client sends is dropped
                 return
             connection.inbox += data
         if not connection.closed:
             self._watch(connection)
-            if connection.has_request():
+            if not connection.closed and connection.has_request():
                 self._queue[connection] = None
 
     def _answer_round(self) -> None:
@@ -219,14 +222,18 @@ class Server:
         self._flush(connection)
         if not connection.closed:
             self._watch(connection)
-            if connection.has_request():
+            if not connection.closed and connection.has_request():
                 self._queue[connection] = None
 
     def _watch(self, connection: _Connection) -> None:
         """Watch for writing while an answer waits to leave, else for reading while the inbox has room (a full
         one is answered first: a pipelining client is held back by TCP, never buffered without bound)."""
+        if connection.ended and not connection.outbox and not connection.has_request():
+            self._close(connection)  # every request the client sent before its half-close is answered
+            return
         events = (selectors.EVENT_WRITE if connection.outbox else
-                  selectors.EVENT_READ if connection.draining or len(connection.inbox) < MAX_HEAD else 0)
+                  selectors.EVENT_READ if not connection.ended and (connection.draining or
+                                                                    len(connection.inbox) < MAX_HEAD) else 0)
         if events == connection.events:
             return
         if not connection.events:
@@ -290,8 +297,8 @@ class Server:
                 self._close(connection)
                 return
             connection.draining = True
-        self._watch(connection)
         self._touch(connection)
+        self._watch(connection)
 
     def _touch(self, connection: _Connection) -> None:
         """A new deadline, the latest of all: the connection moves to the end of the queue."""
