@@ -161,7 +161,7 @@ DOUBLING = "l0: &l0 [x]\n" + "".join(f"l{n}: &l{n} [*l{n - 1}, *l{n - 1}]\n" for
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    (BILLION_LAUGHS, "72 YAML aliases, over the 50 allowed"),
+    (BILLION_LAUGHS, "72 YAML aliases of maps or lists, over the 50 allowed"),
     ("a: &a\n  b: *a\n", "an alias refers to a map that holds it"),
     (DOUBLING, "expands to more than 100,000 values"),
     ("a: " + "[" * 5000 + "]" * 5000 + "\n", "collections nested deeper than 50"),
@@ -180,6 +180,13 @@ def test_yaml_aliases_within_the_limit_are_read() -> None:
 
     assert read_yaml("x: &x 1\ny: *x\nm: &m {p: 1}\nn: *m\n", "application.yml") == {
         "x": "1", "y": "1", "m.p": "1", "n.p": "1"}
+
+
+def test_yaml_aliases_of_scalars_are_not_counted_as_snakeyaml_counts_none() -> None:
+    from util.config_files import read_yaml
+
+    text = "a: &a x\n" + "".join(f"k{n}: *a\n" for n in range(60))
+    assert read_yaml(text, "application.yml")["k59"] == "x"
 
 
 def test_yaml_merge_keys_keep_one_pair_per_key_and_the_nearest_wins() -> None:

@@ -230,10 +230,13 @@ def _check_events(yaml: Any, events: Iterable[Any], name: str) -> None:
     anchors referring to each other expand exponentially: "billion laughs"), collections nested deeper than
     MAX_DEPTH."""
     aliases = depth = 0
+    collections: set[str] = set()  # anchors of maps and lists: SnakeYAML counts only aliases to those
     for event in events:
         if isinstance(event, yaml.AliasEvent):
-            aliases += 1
+            aliases += event.anchor in collections
         elif isinstance(event, yaml.CollectionStartEvent):
+            if event.anchor is not None:
+                collections.add(event.anchor)
             depth += 1
             if depth > MAX_DEPTH:
                 raise ConfigFileError(f"{name}: collections nested deeper than {MAX_DEPTH} (as SnakeYAML's "
@@ -241,8 +244,8 @@ def _check_events(yaml: Any, events: Iterable[Any], name: str) -> None:
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
     if aliases > MAX_ALIASES:
-        raise ConfigFileError(f"{name}: {aliases} YAML aliases, over the {MAX_ALIASES} allowed (as SnakeYAML's "
-                              "maxAliasesForCollections in Spring Boot): expand them or use fewer")
+        raise ConfigFileError(f"{name}: {aliases} YAML aliases of maps or lists, over the {MAX_ALIASES} allowed (as "
+                              "SnakeYAML's maxAliasesForCollections in Spring Boot): expand them or use fewer")
 
 
 def _flatten(prefix: str, value: Any, flat: dict[str, str], holders: tuple[int, ...], budget: list[int]) -> None:

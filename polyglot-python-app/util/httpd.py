@@ -147,6 +147,8 @@ class Server:
             except BlockingIOError:
                 return
             except OSError as failure:
+                if failure.errno in (errno.ECONNABORTED, errno.EPROTO):  # that client gave up before its turn
+                    continue
                 if failure.errno in (errno.EMFILE, errno.ENFILE) and self._opened:
                     self._close(next(iter(self._opened.values())))  # a file for the new one
                     continue
