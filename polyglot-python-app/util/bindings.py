@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .arguments import ConfigError, Properties, Property
-from .kafka_config import BINDER
+
+BINDER = "spring.cloud.stream.kafka.binder"  # Kafka binder properties' prefix
 
 log = logging.getLogger(__name__)
 

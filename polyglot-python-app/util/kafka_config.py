@@ -12,16 +12,12 @@ import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .arguments import ConfigError, Properties, Property
-
-if TYPE_CHECKING:
-    from .bindings import InputBinding
+from .bindings import BINDER, InputBinding
 
 log = logging.getLogger(__name__)
 
-BINDER = "spring.cloud.stream.kafka.binder"
 BROKERS = Property(f"{BINDER}.brokers", str, "localhost:9092",
                    "Comma list of Kafka brokers, host[:port], an optional PLAINTEXT:// style scheme allowed.")
 DEFAULT_BROKER_PORT = Property(f"{BINDER}.defaultBrokerPort", int, 9092, "Port used for brokers listed without one.")

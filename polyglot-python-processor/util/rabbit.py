@@ -92,17 +92,12 @@ def _jsonable(value: Any) -> Any:
     """An AMQP value (tables and arrays of any depth) as JSON takes it: keys pika could not decode as UTF-8 (left
     as bytes) read with replacement characters; dates, decimals and bytes as their text."""
     if isinstance(value, dict):
-        return {_decoded(k): _jsonable(v) for k, v in value.items()}
+        return {_text(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if value is None or isinstance(value, bool | int | float | str):
         return value
-    return _decoded(value)
-
-
-def _decoded(value: Any) -> str:
-    """pika leaves a short string that is not UTF-8 (a key, a content type, a routing key) as bytes."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else str(value)
+    return _text(value)
 
 
 class SendError(Exception):
@@ -724,9 +719,9 @@ def _headers(properties: Any) -> list[tuple[str, bytes | None]]:
     """The loop's headers of a delivery: its content type, then its AMQP table (values carried as they came)."""
     headers: list[tuple[str, bytes | None]] = []
     if properties.content_type:
-        headers.append((CONTENT_TYPE, _decoded(properties.content_type).encode("utf-8")))
+        headers.append((CONTENT_TYPE, _text(properties.content_type).encode("utf-8")))
     if properties.headers:
-        headers += [(_decoded(k), None if v is None else Native(v)) for k, v in properties.headers.items()]
+        headers += [(_text(k), None if v is None else Native(v)) for k, v in properties.headers.items()]
     return headers
 
 
