@@ -41,7 +41,7 @@ def kafka_keys_table() -> str:
     for name in [m for m in sys.modules if m == "util" or m.startswith("util.")]:
         del sys.modules[name]  # another recipe's util may be loaded (the property tables load each in turn)
     try:
-        librdkafka = importlib.import_module("util.librdkafka")
+        librdkafka = importlib.import_module("util.librdkafka_settings")
         config = importlib.import_module("util.kafka_config")
     finally:
         sys.path.pop(0)

@@ -28,9 +28,9 @@ def recipe_properties(recipe: str) -> tuple[list[Any], tuple[str, ...]]:
         script = importlib.import_module(module)
         if outputs is None:
             return [*script.OPTIONS.values(), *importlib.import_module("util.task_status").PROPERTIES], ()
-        binder = importlib.import_module("util.binder")
+        app = importlib.import_module("util.app")
         fallback = getattr(script, "GROUP_FALLBACK", None)
-        return binder.app_properties(outputs, script.OPTIONS, fallback), binder.PASS_THROUGH
+        return app.app_properties(outputs, script.OPTIONS, fallback), app.PASS_THROUGH
     finally:
         sys.path.remove(str(ROOT / folder))
 

@@ -5,8 +5,7 @@
 
 import json
 
-from util.binder import Message, run_app
-from util.bindings import STREAM_NAME
+from util import STREAM_NAME, Message, run_app
 
 OUTPUTS = ("even", "odd")
 OPTIONS: dict = {}  # the router has no properties of its own

@@ -5,9 +5,7 @@
 
 import regex
 
-from util.arguments import Property
-from util.binder import Message, run_processor
-from util.headers import is_text
+from util import Message, Property, is_text, run_processor
 
 GRAPHEME = regex.compile(r"\X")
 REVERSE_STRING = Property("reversestring", bool, False, "Reverse the text of each message.",

@@ -7,8 +7,7 @@
 import logging
 import time
 
-from util.arguments import Property
-from util.task_status import TaskExecution, run_task
+from util import Property, TaskExecution, run_task
 
 log = logging.getLogger("python_task")
 

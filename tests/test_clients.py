@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from util import kafka_python, librdkafka
+from util import kafka_python, librdkafka, librdkafka_settings
 from util.arguments import ConfigError, Properties
 from util.bindings import resolve_input
 from util.transport import open_client
@@ -32,7 +32,7 @@ def test_java_keys_keep_their_names_or_are_translated_for_librdkafka(tmp_path: P
             f"{CONFIG}.ssl.truststore.password=changeit", f"{CONFIG}.fetch.max.wait.ms=10",
             f"{CONFIG}.queued.max.messages.kbytes=65536"]
     props = Properties(args, {})
-    consumer = librdkafka.consumer_settings(props, resolve_input(props))
+    consumer = librdkafka_settings.consumer_settings(props, resolve_input(props))
     assert consumer["max.poll.records"] == 30
     assert (consumer["security.protocol"], consumer["sasl.mechanisms"]) == ("sasl_ssl", "SCRAM-SHA-512")
     assert (consumer["sasl.username"], consumer["sasl.password"]) == ("app", 'p@ss"w=rd')
@@ -43,15 +43,15 @@ def test_java_keys_keep_their_names_or_are_translated_for_librdkafka(tmp_path: P
     assert consumer["queued.max.messages.kbytes"] == "65536"  # librdkafka's own keys pass as they are
     assert (consumer["group.id"], consumer["enable.auto.commit"], consumer["auto.offset.reset"]) == (
         "g", False, "earliest")
-    producer = librdkafka.client_settings(Properties([], {}), "output", "producer")
+    producer = librdkafka_settings.client_settings(Properties([], {}), "output", "producer")
     assert (producer["acks"], producer["enable.idempotence"], producer["message.max.bytes"]) == ("1", False, 1 << 20)
     assert producer["delivery.report.only.error"] is True
-    all_acks = librdkafka.client_settings(Properties(["--spring.cloud.stream.kafka.binder.requiredAcks=-1"], {}),
-                                          "output", "producer")
+    all_acks = librdkafka_settings.client_settings(
+        Properties(["--spring.cloud.stream.kafka.binder.requiredAcks=-1"], {}), "output", "producer")
     assert (all_acks["acks"], all_acks["enable.idempotence"]) == ("all", True)
 
 
-@pytest.mark.parametrize("transport", [librdkafka, kafka_python], ids=["librdkafka", "kafka-python"])
+@pytest.mark.parametrize("transport", [librdkafka_settings, kafka_python], ids=["librdkafka", "kafka-python"])
 @pytest.mark.parametrize("setting", ["ssl.enabled.protocols=TLSv1.3", "ssl.cipher.suites=TLS_AES_256_GCM_SHA384",
                                      "ssl.trustmanager.algorithm=PinningTrustManager",
                                      "sasl.login.callback.handler.class=com.example.OAuthHandler"])
@@ -65,26 +65,26 @@ def test_a_jks_store_is_a_clear_error_on_librdkafka_too(tmp_path: Path) -> None:
     store = tmp_path / "truststore.jks"
     store.write_bytes(b"\xfe\xed\xfe\xed")
     with pytest.raises(ConfigError, match="not a PEM file"):
-        librdkafka.client_settings(Properties([f"{CONFIG}.ssl.truststore.location={store}"], {}), "input",
+        librdkafka_settings.client_settings(Properties([f"{CONFIG}.ssl.truststore.location={store}"], {}), "input",
                                    "consumer")
 
 
 def test_unknown_keys_are_a_warning_and_bad_values_name_their_key(caplog: pytest.LogCaptureFixture) -> None:
-    settings = librdkafka.client_settings(Properties([f"{CONFIG}.no.such.key=1", f"{CONFIG}.max.block.ms=5"], {}),
-                                          "output", "producer")
+    settings = librdkafka_settings.client_settings(
+        Properties([f"{CONFIG}.no.such.key=1", f"{CONFIG}.max.block.ms=5"], {}), "output", "producer")
     with caplog.at_level(logging.WARNING):
         producer = librdkafka.Producer(settings)
     producer.close(2)
     assert "Kafka property 'no.such.key' is not supported by librdkafka and is ignored" in caplog.text
     assert "Kafka property 'max.block.ms' has no librdkafka meaning and is ignored" in caplog.text
-    bad = librdkafka.client_settings(Properties([f"{CONFIG}.linger.ms=soon"], {}), "output", "producer")
+    bad = librdkafka_settings.client_settings(Properties([f"{CONFIG}.linger.ms=soon"], {}), "output", "producer")
     with pytest.raises(ConfigError, match=r"linger\.ms"):
         librdkafka.Producer(bad)
 
 
 def test_a_small_fetch_max_bytes_lowers_the_consumer_record_limit_as_librdkafka_requires() -> None:
     props = Properties([*BINDING, "--spring.cloud.stream.kafka.binder.consumerProperties.fetch.max.bytes=100000"], {})
-    assert librdkafka.consumer_settings(props, resolve_input(props))["message.max.bytes"] == 100_000
+    assert librdkafka_settings.consumer_settings(props, resolve_input(props))["message.max.bytes"] == 100_000
 
 
 def test_librdkafka_refusals_about_the_record_take_its_error_path_and_the_brokers_rewind() -> None:

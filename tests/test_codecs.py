@@ -8,11 +8,11 @@ import pytest
 
 from python_processor import reverse, transform
 from util.arguments import ConfigError, Properties
-from util.binder import Message
 from util.bindings import partition_key, resolve_input
 from util.headers import HeaderError, content_type, decode_text, outbound_headers
 from util.kafka_config import bootstrap_servers
 from util.kafka_python import client_settings, consumer_settings
+from util.message import Message
 from util.partitions import java_bytes_hash, java_string_hash, select_partition
 
 SCST2 = [("contentType", b'"text/plain"'), ("originalContentType", b'"text/plain;charset=UTF-8"'),

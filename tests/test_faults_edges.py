@@ -27,7 +27,7 @@ from devkit.apps import App
 from devkit.kafka_proxy import KafkaProxy
 from devkit.waiting import wait_for
 from util.arguments import Properties
-from util.binder import _dlq_headers
+from util.dead_letter import kafka_headers
 from util.logs import configure_logging
 
 TEXT = b'"text/plain"'
@@ -320,7 +320,7 @@ def test_a_record_without_a_timestamp_type_is_dead_lettered_as_no_timestamp_type
     record = ConsumerRecord(topic="t", partition=0, leader_epoch=-1, offset=5, timestamp=-1, timestamp_type=-1,
                             key=None, value=b"v", headers=[], checksum=None, serialized_key_size=-1,
                             serialized_value_size=1, serialized_header_size=-1)
-    assert dict(_dlq_headers(record, ValueError("x")))["x-original-timestamp-type"] == b"NoTimestampType"
+    assert dict(kafka_headers(record, ValueError("x")))["x-original-timestamp-type"] == b"NoTimestampType"
 
 
 def test_logger_levels_keep_the_logger_names_as_written() -> None:

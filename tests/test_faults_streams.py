@@ -28,8 +28,8 @@ from conftest import SOAK_SECONDS, STREAM_APPS, Figures, Kafka, client_arg
 from devkit.apps import App
 from devkit.tansu import Tansu, free_port
 from devkit.waiting import wait_for
-from util.binder import Delivery
 from util.kafka_python import about_the_record, outcome
+from util.settle import Delivery
 
 StartStreamApp = Callable[..., App]
 TICK = 1 / 100  # /proc/<pid>/stat counts CPU time in clock ticks of 10 ms

@@ -11,7 +11,7 @@ from conftest import Kafka
 from devkit.apps import App
 from devkit.waiting import wait_for
 from python_router_app import handle, route
-from util.binder import Message
+from util.message import Message
 
 RAW_JSON = [("contentType", b"application/json")]  # time source 2021.x and later
 QUOTED_JSON = [("contentType", b'"application/json"'),  # app starters 2.1.x

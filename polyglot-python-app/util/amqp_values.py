@@ -9,6 +9,7 @@ patches pika's ``decode_value`` and ``encode_value``, which tables and arrays in
 from __future__ import annotations
 
 import decimal
+import json
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -92,3 +93,42 @@ def _mended_encoder(strict: Callable[[list[bytes], Any], int]) -> Callable[[list
 
 pika.data.decode_value = _mended_decoder(pika.data.decode_value)
 pika.data.encode_value = _mended_encoder(pika.data.encode_value)
+
+
+class Native(bytes):
+    """A header value as the loop passes bytes on, carrying its AMQP value so it is written back as it came."""
+
+    value: Any
+
+    def __new__(cls, value: Any) -> Native:
+        text = value if isinstance(value, bytes) else (value if isinstance(value, str) else
+                                                          json.dumps(jsonable(value))).encode("utf-8")
+        made = super().__new__(cls, text)
+        made.value = value
+        return made
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Native and other.value == self.value and type(other.value) is type(self.value)
+
+    def __hash__(self) -> int:
+        return hash((bytes(self), type(self.value).__name__))
+
+
+def jsonable(value: Any) -> Any:
+    """An AMQP value (tables and arrays of any depth) as JSON takes it: keys pika could not decode as UTF-8 (left
+    as bytes) read with replacement characters; dates, decimals and bytes as their text."""
+    if isinstance(value, dict):
+        return {text(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return text(value)
+
+
+def text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, Native):
+        value = value.value
+    return value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else str(value)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .arguments import ConfigError, Properties, Property
 from .bindings import BINDER, InputBinding
+from .dead_letter import KafkaDeadLetters
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,10 @@ def whole_number(key: str, value: str) -> int:
 
 
 class KafkaClient:
-    """What both Kafka clients answer alike: the brokers for health and logs, the input binding as it is."""
+    """What both Kafka clients answer alike: the brokers for health and logs, the input binding as it is, the
+    dead letters as Spring's Kafka binder sends them."""
+
+    null_header: bytes | None
 
     def __init__(self, properties: Properties) -> None:
         self.properties = properties
@@ -150,3 +154,7 @@ class KafkaClient:
 
     def input(self, binding: InputBinding) -> InputBinding:
         return binding
+
+    def dead_letters(self, source: InputBinding) -> KafkaDeadLetters:
+        """The input binding's dead-letter sender, on a producer of its own."""
+        return KafkaDeadLetters(self.producer(None, carries=source), source, self.null_header)

@@ -15,10 +15,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .arguments import ConfigError, Properties, Property
-from .binder import ERROR_CHANNEL, PAUSE_FIRST, PAUSE_LONGEST, Binder, Message, _describe, _new
+from .binder import Binder
 from .bindings import OutputBinding
 from .headers import outbound_headers
-from .metrics import Metrics
+from .message import Message, build
+from .metrics import ERROR_CHANNEL, Metrics
+from .settle import describe, flush
+from .stalls import PAUSE_FIRST, PAUSE_LONGEST
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +46,10 @@ def poller(properties: Properties) -> tuple[float, int]:
 class Source(Binder):
     """A source app's producer and polling loop."""
 
-    def __init__(self, properties: Properties, supply: Callable[..., Any], options: Mapping[str, Any],
+    def __init__(self, properties: Properties, supply: Callable[[], Any], name: str,
                  outputs: Mapping[str, OutputBinding], metrics: Metrics, polling: tuple[float, int]) -> None:
-        super().__init__(properties, supply, options, None, outputs, metrics)
-        self.name = getattr(supply, "__name__", "source")  # the message source's name in the metrics
+        super().__init__(properties, supply, None, outputs, metrics)
+        self.name = name  # the message source's name in the metrics
         self.delay, self.most = polling
         self.output = outputs["output"]
         self.unsent: list[Message] = []  # messages the broker refused for its own state: sent again first
@@ -89,7 +92,7 @@ class Source(Binder):
                     break
                 messages.append(_message(made))
             except Exception as error:  # noqa: BLE001 - a failing function is logged, never ends the loop
-                log.error("The source function %s failed: %s", self.name, _describe(error))
+                log.error("The source function %s failed: %s", self.name, describe(error))
                 self.channels.receive(self.name, 1, error)
                 self.channels.send(ERROR_CHANNEL, 1, 0.0)
                 break
@@ -120,7 +123,7 @@ class Source(Binder):
                     again.append(message)
                 continue
             self.channels.send(output.name, 1, time.perf_counter() - clock)
-        self._flush(time.monotonic() + self._budget)
+        flush(self.producers, time.monotonic() + self._budget, self.shutdown)
         done = producer.settled()
         for message, handle in sent:
             error = None if done else self.client.outcome(handle)
@@ -134,9 +137,9 @@ class Source(Binder):
         if own or self.client.about_the_record(error):
             self.channels.send(ERROR_CHANNEL, 1, 0.0)
             log.error("Message of %d bytes from %s dropped: %s", len(message.payload or b""), self.name,
-                      _describe(error))
+                      describe(error))
             return True
-        self._refused = f"sends to '{self.output.destination}' refused ({_describe(error)})"
+        self._refused = f"sends to '{self.output.destination}' refused ({describe(error)})"
         return False
 
 
@@ -145,7 +148,7 @@ def _message(made: Any) -> Message:
     if isinstance(made, Message):
         return made
     if isinstance(made, str):
-        return _new(Message, (made.encode("utf-8"), (), "text/plain"))
+        return build(Message, (made.encode("utf-8"), (), "text/plain"))
     if isinstance(made, bytes | bytearray | memoryview):
-        return _new(Message, (bytes(made), (), "application/octet-stream"))
+        return build(Message, (bytes(made), (), "application/octet-stream"))
     raise TypeError(f"a source function returns a Message, str, bytes or None, not {type(made).__name__}")

@@ -1,11 +1,11 @@
-"""What the binder's loop needs of a Kafka client, and the choice of client.
+"""What the stream loop needs of a transport's client, and the choice of client.
 
-The loop (``binder.py``) knows records, offsets and outcomes, never a client class. A transport
-(``librdkafka.py``, ``kafka_python.py``) creates topics, opens producers and the consumer, sends
-with a completion handle and flushes, commits, seeks and pauses, and says whether a failed send was
-about the record itself. Partitions are ``(topic, partition)`` tuples; a record has ``topic``,
-``partition``, ``offset``, ``key``, ``value``, ``headers``, ``timestamp`` and ``timestamp_type``
-(-1 none, 0 create time, 1 log-append time).
+The loop (``binder.py``, ``settle.py``) knows records, offsets and outcomes, never a client class. A
+transport (``librdkafka.py``, ``kafka_python.py``, ``rabbit.py``) creates topics, opens producers, the
+dead-letter sender and the consumer, sends with a completion handle and flushes, commits, seeks and
+pauses, and says whether a failed send was about the record itself. Partitions are ``(topic, partition)``
+tuples; a record has ``topic``, ``partition``, ``offset``, ``key``, ``value``, ``headers``, ``timestamp``
+and ``timestamp_type`` (-1 none, 0 create time, 1 log-append time).
 """
 
 from __future__ import annotations
@@ -42,6 +42,23 @@ class Producer(Protocol):
 
     def close(self, seconds: float) -> None:
         """Close, waiting at most ``seconds`` for what is still queued."""
+
+
+class DeadLetters(Protocol):
+    """An input binding's dead-letter sender, with its transport's headers (``dead_letter.py`` on Kafka)."""
+
+    def send(self, record: Any, cause: BaseException, trace: int | None) -> tuple[Any, int]:
+        """Queue a record's copy: (its handle, the bytes of stack trace it carries); raises when refused at once.
+        ``trace`` bounds the stack trace; None: what the largest request leaves room for."""
+
+    def partition_count(self, topic: str) -> int:
+        """The partitions of an input topic (its dead-letter topic is made with as many)."""
+
+    def flush(self, seconds: float) -> bool: ...
+
+    def settled(self) -> bool: ...
+
+    def close(self, seconds: float) -> None: ...
 
 
 class Consumer(Protocol):
@@ -95,6 +112,8 @@ class Client(Protocol):
         """None once acknowledged; else why not (unfinished when the last flush ended: a timeout)."""
 
     def producer(self, binding: str | None, carries: InputBinding | None = None) -> Producer: ...
+
+    def dead_letters(self, source: InputBinding) -> DeadLetters: ...
 
     def consumer(self, binding: InputBinding) -> tuple[Consumer, str]: ...
 

@@ -1,6 +1,6 @@
 """A processor for the tests that filters: ``drop`` returns None (nothing sent, as a Spring function's null)."""
 
-from util.binder import Message, run_processor
+from util import Message, run_processor
 
 
 def keep(message: Message) -> Message | None:

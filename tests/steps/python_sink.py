@@ -1,7 +1,6 @@
 """A sink for the tests: appends each payload to a file, a line each; ``poison`` always fails."""
 
-from util.arguments import Property
-from util.binder import Message, run_sink
+from util import Message, Property, run_sink
 
 FILE = Property("sink.file", str, None, "Where the payloads are written.", required=True)
 OPTIONS = {"path": FILE}

@@ -2,8 +2,7 @@
 
 import itertools
 
-from util.arguments import Property
-from util.binder import run_source
+from util import Property, run_source
 
 COUNT = Property("count", int, 10, "How many numbers to send.")
 FAIL_AT = Property("fail-at", int, 0, "The number at which the function raises once (0: never).")

@@ -1,0 +1,70 @@
+"""The entry points a step's script calls: ``run_processor``, ``run_app``, ``run_sink`` and ``run_source``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+from .app import serve
+from .arguments import Properties, Property
+from .binder import Binder
+from .bindings import resolve_input, resolve_output
+from .message import Message
+from .metrics import Metrics
+from .source import Source, poller
+
+
+def run_app(handler: Callable[..., tuple[str, Message | None] | None], outputs: Sequence[str],
+            options: Mapping[str, Property] | None = None, group_fallback: Property | None = None,
+            tombstones: str | None = None) -> None:
+    """Run an app with one input and the named output bindings until SIGTERM; exit non-zero on failure.
+
+    ``handler(message, **options)`` returns ``(output binding, message)``, or None to send nothing.
+    ``options`` maps the function's keyword arguments to the app's own properties; without an input
+    group, ``group_fallback``'s value (say the stream name) is the group, else the consumer is anonymous.
+    A tombstone (a record with a null value) passes unchanged to the ``tombstones`` output, without
+    calling the function; with none, it takes the record's error path at once.
+    """
+    _run(handler, outputs, options, group_fallback, tombstones, None, "app")
+
+
+def run_processor(transform: Callable[..., Message | None], options: Mapping[str, Property] | None = None) -> None:
+    """A processor: ``transform(message, **options) -> message`` (None: nothing) from ``input`` to ``output``.
+
+    As Spring's processors, a tombstone passes through to ``output``.
+    """
+    _run(transform, ("output",), options, None, "output", "output", "processor")
+
+
+def run_sink(consume: Callable[..., object], options: Mapping[str, Property] | None = None,
+             group_fallback: Property | None = None) -> None:
+    """A sink: ``consume(message, **options)`` for each record of ``input``; its offset is committed after it
+    returned. What it raises is retried, then dead-lettered or skipped, as in a processor."""
+    _run(consume, (), options, group_fallback, None, None, "sink")
+
+
+def run_source(supply: Callable[..., Message | str | bytes | None],
+               options: Mapping[str, Property] | None = None) -> None:
+    """A source: ``supply(**options)`` is polled (``spring.integration.poller.*``); what it returns goes to
+    ``output`` (None: nothing this time; text is sent as ``text/plain``, bytes as they are)."""
+    def create(properties: Properties, values: dict[str, Any], metrics: Metrics) -> Binder:
+        return Source(properties, _bound(supply, values), getattr(supply, "__name__", "source"),
+                      {"output": resolve_output(properties, "output")}, metrics, poller(properties))
+
+    serve(create, options or {}, "source")
+
+
+def _run(function: Callable[..., Any], outputs: Sequence[str], options: Mapping[str, Property] | None,
+         group_fallback: Property | None, tombstones: str | None, single: str | None, app_type: str) -> None:
+    def create(properties: Properties, values: dict[str, Any], metrics: Metrics) -> Binder:
+        source = resolve_input(properties, group_fallback)
+        sinks = {name: resolve_output(properties, name) for name in outputs}
+        return Binder(properties, _bound(function, values), source, sinks, metrics, tombstones, single)
+
+    serve(create, options or {}, app_type)
+
+
+def _bound(function: Callable[..., Any], values: dict[str, Any]) -> Callable[..., Any]:
+    """The function with its options bound once (none: the function itself, one call less a record)."""
+    return partial(function, **values) if values else function
