@@ -3,9 +3,10 @@
 Tests put it in front of Tansu (which advertises the proxy's address, so every client connection goes
 through it) to see how an app handles what Tansu never does: an ACL not yet applied
 (``TOPIC_AUTHORIZATION_FAILED``), a record over the broker's size limit (``refuse``: the proxy answers,
-nothing is written); a broker that takes produce requests and never answers them (``hold``); a byte
-flipped in a fetched batch, so its CRC no longer matches (``corrupt``); an address that accepts
-connections and resets them at once, as a load balancer in front of a dead broker (``reset``).
+nothing is written; ``refuse_marked``: only the requests that carry a marker's bytes); a broker that
+takes produce requests and never answers them (``hold``); a byte flipped in a fetched batch, so its CRC
+no longer matches (``corrupt``); an address that accepts connections and resets them at once, as a load
+balancer in front of a dead broker (``reset``).
 Everything else passes through unchanged, in order.
 """
 
@@ -52,6 +53,7 @@ class KafkaProxy:
         self.upstream, self.port = upstream, port
         self.refused = 0  # partitions of produce requests answered with an error
         self._refusals: dict[str, int] = {}
+        self._marked: tuple[bytes, str, int] | None = None  # refuse requests holding these bytes, to this topic
         self._held: set[str] = set()
         self._marker: bytes | None = None
         self.corrupted = 0  # fetch responses with a byte flipped
@@ -65,6 +67,12 @@ class KafkaProxy:
     def refuse(self, topic: str, error_code: int) -> None:
         with self._lock:
             self._refusals[topic] = error_code
+
+    def refuse_marked(self, marker: bytes | None, topic: str = "", error_code: int = 0) -> None:
+        """Refuse the produce requests to ``topic`` that hold ``marker`` (uncompressed records; None: stop): the
+        records sent beside it in such a request are refused with it, as a broker refuses a whole batch."""
+        with self._lock:
+            self._marked = None if marker is None else (marker, topic, error_code)
 
     def allow(self, topic: str) -> None:
         with self._lock:
@@ -136,6 +144,9 @@ class KafkaProxy:
             return UNANSWERED
         with self._lock:
             codes = {t.name: self._refusals.get(t.name) for t in request.topic_data}
+            if self._marked is not None and self._marked[0] in frame:
+                _, topic, code = self._marked
+                codes = {name: code if name == topic else given for name, given in codes.items()}
         if None in codes.values():
             return None
         response = ProduceResponse[version](throttle_time_ms=0, responses=[

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata
@@ -24,6 +25,7 @@ from kafka.errors import (
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
+    UnknownError,
     UnsupportedCodecError,
     UnsupportedForMessageFormatError,
 )
@@ -109,13 +111,27 @@ class Producer:
             key = _NullKey.NULL
         return self._send(topic, value=value, key=key, headers=headers, partition=partition)
 
+    def begin(self) -> bool:
+        return True  # every send has its future
+
+    def quick(self, topic: str, value: bytes | None, headers: list[tuple[str, bytes]] | None) -> Any:
+        return self._send(topic, value, None, headers)
+
+    def outcomes(self, sends: Sequence[tuple[str, bytes | None, Any]]) -> list[Exception | None]:
+        return [outcome(future) for _, _, future in sends]
+
     def flush(self, seconds: float) -> bool:
         """True once every send is acknowledged or failed; False when ``seconds`` ran out first."""
-        try:
-            self._producer.flush(timeout=seconds)
-            return True
-        except KafkaTimeoutError:
-            return False
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                self._producer.flush(timeout=max(0.0, deadline - time.monotonic()))
+                return True
+            except KafkaTimeoutError:
+                return False
+            except UnknownError:  # "Future not done": a batch the broker refused as too large was split and sent
+                if time.monotonic() >= deadline:  # again while the flush waited for it; its parts are waited for
+                    return False
 
     def settled(self) -> bool:
         return False  # a future must be read to know: every handle is read

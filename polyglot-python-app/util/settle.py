@@ -116,9 +116,9 @@ class Settlement:
             if all(settled) and not self.irregular:
                 break  # every send acknowledged, none refused: no handle needs reading
             self.irregular = False
-            if straight is not None:
-                pending = {**straight(), **pending}
-                straight = None
+            if straight is not None:  # the straight pass's sends come before the per-record path's
+                made, straight = straight(), None
+                pending = {tp: made.get(tp, []) + pending.get(tp, []) for tp in {**made, **pending}}
             again: dict[TP, list[Delivery]] = {}
             for tp, deliveries in pending.items():
                 self._settle(tp, deliveries, again, held, rewinds)

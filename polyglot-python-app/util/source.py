@@ -129,7 +129,7 @@ class Source(Binder):
             error = None if done else self.client.outcome(handle)
             if error is not None and not self._drop(message, error):
                 again.append(message)
-        self.sent[output.name].inc(len(sent) - len(again))
+        self.sends.counters[output.name].inc(len(sent) - len(again))
         return again
 
     def _drop(self, message: Message, error: BaseException, own: bool = False) -> bool:

@@ -29,17 +29,17 @@ from .bindings import (
 from .broker_check import BrokerCheck
 from .headers import HeaderError, UnreadableRecordError, header_text, inbound_content_type, is_text, outbound_headers
 from .message import Handler, Message, build
-from .metrics import Metrics
+from .metrics import BatchSends, Metrics
 from .partitions import java_bytes_hash, java_string_hash, select_partition
 from .settle import INPUT, Delivery, Settlement, where
 from .shutdown import Shutdown, StartInterruptedError
 from .stalls import TP, Stalls
+from .straight import Sent, StraightPass
 from .transport import Consumer, Producer, open_client
 
 log = logging.getLogger(__name__)
 
 POLL_TIMEOUT = 1.0  # how long an idle poll waits (s): bounds how late a SIGTERM is noticed
-SEND_SAMPLE = 64  # an output channel's send time is estimated from one send in this many (a power of two)
 
 
 class _InterruptedError(Exception):
@@ -85,13 +85,12 @@ class Binder:
         self.consumer: Consumer | None = None
         self.producers: dict[str, Producer] = {}
         self.partition_counts: dict[str, int] = {}
-        self.sent = {name: metrics.sent.labels(name) for name in outputs}
-        self._sent = dict.fromkeys(outputs, 0)  # records sent in this batch, per output: counted once per batch
-        self._send_seconds = dict.fromkeys(outputs, 0.0)  # and the time their sends took
+        self.sends = BatchSends(metrics, outputs)
         self.stalls = Stalls()
         self.settle: Settlement | None = None
         # A record whose retries its batch had no time for: attempts made, and when the next one is due.
         self._attempts: dict[tuple[str, int, int], tuple[int, float]] = {}
+        self.straight: StraightPass | None = None
         self._budget = 150.0  # half of max.poll.interval.ms: the longest a batch may take
         self._until = 0.0  # when the current batch stops taking records
 
@@ -127,6 +126,8 @@ class Binder:
         self.stalls.pause = self.consumer.pause
         self.settle = Settlement(self.client, self.consumer, self.producers, source, self.metrics, self.stalls,
                                  self.shutdown, self._budget)
+        self.straight = StraightPass(self.handler, self.single, source, self.outputs, self.producers,
+                                     self.client.null_header, self.sends)
         if source.auto_rebalance:
             self.consumer.subscribe(source.destinations, _assigned, self.forget)
         else:
@@ -207,13 +208,22 @@ class Binder:
         self._until = started + self._budget
         settle = self.settle
         done: dict[TP, list[Delivery]] = {}
+        runs: dict[TP, list[Sent]] = {}  # what the straight pass sent, per partition
         rewinds: dict[TP, tuple[int, Exception | None]] = {}
         partitions = [tp for tp in batch if tp not in self.stalls.stalled]  # a paused one's late records come again
         handled, clock, settle.given_up = 0, time.perf_counter(), 0
+        straight = not self._attempts and self.straight.ready()
         for index, tp in enumerate(partitions):
             deliveries = done[tp] = []
+            records, straight_count = batch[tp], 0
             try:
-                for record in batch[tp]:
+                if straight:
+                    straight_count, stopped = self.straight.run(records, runs.setdefault(tp, []))
+                    records = records[straight_count:]
+                    if stopped is not None:  # the record the pass stopped at takes the per-record path from there
+                        deliveries.append(self._resume(records[0], *stopped))
+                        records = records[1:]
+                for record in records:
                     deliveries.append(self._deliver(record))
             except _RewindError as rewind:
                 rewinds[tp] = (rewind.offset, rewind.error)
@@ -225,27 +235,20 @@ class Binder:
                              "and polling again", time.monotonic() - started)
                 break
             finally:
-                self.metrics.received.inc(len(deliveries))
-                handled += len(deliveries)
+                self.metrics.received.inc(straight_count + len(deliveries))
+                handled += straight_count + len(deliveries)
         if handled > settle.given_up:  # the input channel's sends that returned (Micrometer's timer)
             self.channels.send(INPUT, handled - settle.given_up, time.perf_counter() - clock)
-        self._count_sends()
-        held, refused = settle.complete(done, self._until + self._budget / 2)
+        self.sends.publish()
+        held, refused = settle.complete(done, self._until + self._budget / 2,
+                                        (lambda: self.straight.deliveries(runs)) if runs else None)
         for tp, (offset, error) in refused.items():
             rewinds[tp] = min(rewinds.get(tp, (offset, error)), (offset, error), key=lambda r: r[0])
         settle.advance({tp: batch[tp] for tp in partitions}, held, rewinds)
 
-    def _count_sends(self) -> None:
-        """The batch's sends per output, counted once (metrics cost more than a send's share per record)."""
-        for name, count in self._sent.items():
-            if count:
-                self.sent[name].inc(count)
-                self.channels.send(name, count, self._send_seconds[name])
-                self._sent[name] = 0
-                self._send_seconds[name] = 0.0
-
-    def _deliver(self, record: Any) -> Delivery:
-        """Send the function's output of one record, retrying the function; its dead-letter copy when it gives up."""
+    def _deliver(self, record: Any, failed: Exception | None = None) -> Delivery:
+        """Send the function's output of one record, retrying the function; its dead-letter copy when it gives up.
+        ``failed``: the first attempt was made (in the straight pass) and raised this."""
         settle = self.settle
         if record.value is None and self.tombstones is None:
             return settle.give_up(record, TombstoneError("a tombstone (null value): this app has no output for it"),
@@ -256,9 +259,13 @@ class Binder:
                     time.monotonic() + pause > self._until or self.stop.wait(pause)):
                 self._attempts[_key(record)] = (attempt - 1, not_before)  # the next batch goes on from here
                 raise _InterruptedError(record.offset)
-            try:
-                prepared = self._prepare(record)
-            except Exception as error:  # noqa: BLE001 - whatever the function raises takes the error path
+            if failed is None:
+                try:
+                    prepared = self._prepare(record)
+                except Exception as error:  # noqa: BLE001 - whatever the function raises takes the error path
+                    failed = error
+            if failed is not None:
+                error, failed = failed, None
                 self.channels.send(INPUT, 1, 0.0, error)
                 if attempt == self.source.max_attempts or isinstance(error, UnreadableRecordError):
                     return settle.give_up(record, error, attempts=attempt)
@@ -276,21 +283,32 @@ class Binder:
     def _send(self, record: Any, attempt: int, output: OutputBinding, value: bytes | None, headers: Any,
               partition: int | None, key: bytes | None) -> Delivery:
         """Send one record's output; a refusal about the record gives it up, any other rewinds its partition."""
-        timed = not self._sent[output.name] & SEND_SAMPLE - 1  # a clock read costs more than the send's share
+        sends = self.sends
+        timed = not sends.count[output.name] & sends.SAMPLE - 1  # a clock read costs more than the send's share
         if timed:
             clock = time.perf_counter()
         try:
             future = self.producers[output.name].send(output.destination, value, key, headers, partition)
         except Exception as error:  # noqa: BLE001 - no refusal ends the loop: settled as an asynchronous one
-            self.channels.send(output.name, 1, 0.0, error)
-            self.channels.send(INPUT, 1, 0.0, error)
-            if self.client.about_the_record(error):
-                return self.settle.give_up(record, error, attempts=attempt, counted=True)
-            raise _RewindError(record.offset, error) from None
+            return self._refused(record, attempt, output, error)
         if timed:
-            self._send_seconds[output.name] += (time.perf_counter() - clock) * SEND_SAMPLE
-        self._sent[output.name] += 1
+            sends.seconds[output.name] += (time.perf_counter() - clock) * sends.SAMPLE
+        sends.count[output.name] += 1
         return Delivery(record, future)
+
+    def _refused(self, record: Any, attempt: int, output: OutputBinding, error: Exception) -> Delivery:
+        """The client refused a send at once: about the record, it is given up; else its partition rewinds."""
+        self.channels.send(output.name, 1, 0.0, error)
+        self.channels.send(INPUT, 1, 0.0, error)
+        if self.client.about_the_record(error):
+            return self.settle.give_up(record, error, attempts=attempt, counted=True)
+        raise _RewindError(record.offset, error) from None
+
+    def _resume(self, record: Any, kind: str, error: Exception, output: OutputBinding | None) -> Delivery:
+        """The record the straight pass stopped at, on the per-record path: its first attempt failed so."""
+        if kind == "send":
+            return self._refused(record, 1, output, error)
+        return self._deliver(record, failed=error)
 
     def _prepare(self, record: Any) -> tuple[OutputBinding, bytes | None, Any, int | None, Any] | None:
         """The function's output of a record: binding, value, headers, partition and key to send (None: none)."""

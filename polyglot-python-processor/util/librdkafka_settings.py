@@ -1,16 +1,26 @@
-"""librdkafka's settings from the binder's properties: Java client keys translated, the binder's defaults."""
+"""librdkafka's clients as the binder makes them: settings from its properties (Java keys translated, the binder's
+defaults), clients created from them (a refused setting named), and topic metadata."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from confluent_kafka import Consumer as _Consumer
+from confluent_kafka import KafkaError, KafkaException
 
 from . import kafka_config
 from .arguments import ConfigError, Properties
 from .bindings import InputBinding, start_offset
 
 log = logging.getLogger(__name__)
+client_log = logging.getLogger("librdkafka")
+_probe_log = logging.getLogger("librdkafka.probe")  # silent: the clients made only to find a refused setting
+_probe_log.disabled = True
+
+_UNANSWERED = (KafkaError._TRANSPORT, KafkaError._TIMED_OUT)
 
 # Java's max.request.size (1 MiB) and linger; librdkafka's own batch.size (1 MB) fills well before a flush.
 PRODUCER_DEFAULTS = {"message.max.bytes": 1 << 20, "linger.ms": 5}
@@ -130,3 +140,64 @@ def consumer_settings(properties: Properties, binding: InputBinding) -> dict[str
     settings.update({"auto.offset.reset": start_offset(properties, binding, settings.get("auto.offset.reset")),
                      "group.id": binding.group, "enable.auto.commit": False})
     return settings
+
+
+def create(kind: Callable[[dict[str, Any]], Any], settings: dict[str, Any]) -> Any:
+    """A client; a key librdkafka does not know is dropped with a warning, a bad value names its key."""
+    while True:
+        try:
+            return kind({**settings, "logger": client_log, "error_cb": _client_error})
+        except KafkaException as failure:
+            error = failure.args[0]
+            text = error.str()
+            unknown = text.removeprefix("No such configuration property: ").strip('"')
+            if text.startswith("No such configuration property") and unknown in settings:
+                log.warning("Kafka property '%s' is not supported by librdkafka and is ignored", unknown)
+                del settings[unknown]
+                continue
+            culprit = _culprit(kind, settings)
+            raise ConfigError(f"Kafka client settings refused by librdkafka{culprit}: {text}") from None
+
+
+def _culprit(kind: Callable[[dict[str, Any]], Any], settings: dict[str, Any]) -> str:
+    """`` (property 'x')`` for the one setting librdkafka refuses alone (its message names its own alias)."""
+    base = {key: settings[key] for key in ("bootstrap.servers", "group.id") if key in settings}
+    for key, value in settings.items():
+        try:
+            kind({**base, key: value, "logger": _probe_log})
+        except KafkaException:
+            return f" (Kafka property '{key}')"
+    return ""
+
+
+_last_error: list[str] = [""]
+_LOGGED_BY_CLIENT = (KafkaError._TRANSPORT, KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError._RESOLVE)
+
+
+def _client_error(error: KafkaError) -> None:
+    """librdkafka's own errors: retried by it, logged when they change (connection failures it logs itself)."""
+    text = error.str()
+    if error.fatal():
+        log.error("Kafka client error (fatal): %s", text)
+    elif text != _last_error[0] and error.code() not in _LOGGED_BY_CLIENT:
+        log.warning("Kafka client error (retried by the client): %s", text)
+    _last_error[0] = text
+
+
+def partitions(client: Any, topic: str) -> set[int]:
+    """The partitions of a topic that exists (empty when it does not); the client's Error when no broker answers."""
+    found = metadata(client, topic).get(topic)
+    return set(found.partitions) if found is not None and found.error is None else set()
+
+
+def metadata(client: Any, topic: str | None = None, seconds: float = 10) -> dict[str, Any]:
+    """Topic metadata, asked in short waits: a signal (SIGTERM) is handled between them, not after 10 s."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return client.list_topics(topic, timeout=0.5).topics
+        except KafkaException as failure:
+            if failure.args[0].code() not in _UNANSWERED or time.monotonic() > deadline:
+                raise
+            if not isinstance(client, _Consumer):  # its log lines (why no broker answers) now, not at exit
+                client.poll(0)
