@@ -1,24 +1,33 @@
-"""``make docs``: rewrite the generated property tables in the READMEs, and the Kafka key table."""
+"""``make docs``: rewrite every generated block of the docs (property tables, Kafka keys, bench figures, modules).
+
+A block sits between ``<!-- name -->`` and ``<!-- /kind -->`` (``kind``: the name up to its colon) and is
+rewritten wherever it appears; ``PAGES`` says where each must be, and ``tests/test_docs.py`` checks both.
+The Dockerfiles' configuration-metadata labels are rewritten too.
+"""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import re
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from .metadata import render_dockerfile
 from .properties import RECIPES, ROOT, markdown_table, rows_table, source_properties
 
-DOCS = {"processor": ("README.md", "polyglot-python-processor/README.md"),
-        "router": ("README.md", "polyglot-python-app/README.md"),
-        "task": ("README.md", "polyglot-python-task/README.md")}
-BLOCK = "<!-- properties:{recipe} -->\n{table}<!-- /properties -->"
-
-
-def render(text: str, recipe: str) -> str:
-    pattern = re.compile(rf"<!-- properties:{recipe} -->\n.*?<!-- /properties -->", re.S)
-    return pattern.sub(lambda _: BLOCK.format(recipe=recipe, table=markdown_table(recipe)), text)
+# Each generated block, and the Markdown files (from the repository's root) that must hold it.
+PAGES = {"properties:processor": ("docs/properties-processor.md", "polyglot-python-processor/README.md"),
+         "properties:router": ("docs/properties-app.md", "polyglot-python-app/README.md"),
+         "properties:task": ("docs/properties-task.md", "polyglot-python-task/README.md"),
+         "properties:source": ("docs/writing-steps.md",),
+         "kafka-keys": ("docs/kafka-clients.md",),
+         "bench": ("docs/performance.md",),
+         "modules:util": ("docs/layout.md",),
+         "modules:scripts": ("docs/layout.md",),
+         "modules:devkit": ("docs/layout.md",)}
 
 
 # Java keys the librdkafka transport translates by more than a new name.
@@ -32,7 +41,6 @@ TRANSLATED = {
     "max.poll.records": "read by the binder: the records one poll hands the loop (500)",
     "acks": "the producer's acks, as `...binder.requiredAcks`",
 }
-KEYS_BLOCK = re.compile(r"<!-- kafka-keys -->\n.*?<!-- /kafka-keys -->", re.S)
 
 
 def kafka_keys_table() -> str:
@@ -55,15 +63,8 @@ def kafka_keys_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-def render_keys(text: str) -> str:
-    return KEYS_BLOCK.sub(lambda _: f"<!-- kafka-keys -->\n{kafka_keys_table()}<!-- /kafka-keys -->", text)
-
-
-BENCH_BLOCK = re.compile(r"<!-- bench -->\n.*?<!-- /bench -->", re.S)
-
-
 def bench_table() -> str:
-    """The README's figures from the latest `make bench` (bench/results/latest.json)."""
+    """The figures from the latest `make bench` (bench/results/latest.json)."""
     results = json.loads((ROOT / "bench" / "results" / "latest.json").read_text())
     rows = [f"Latest run: {results['when'][:10]}, {results['records']:,} records of {results['record_bytes']} bytes, "
             f"{results['machine']['cpus']} CPUs, medians of {results['repetitions']}.", "",
@@ -76,26 +77,67 @@ def bench_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-def render_bench(text: str) -> str:
-    return BENCH_BLOCK.sub(lambda _: f"<!-- bench -->\n{bench_table()}<!-- /bench -->", text)
+def modules_table(paths: list[Path], by_recipe: bool = False) -> str:
+    """A module a row with the first line of its docstring; ``by_recipe``: by file name, naming the recipes."""
+    where: dict[str, list[str]] = {}
+    holds: dict[str, str] = {}
+    for path in paths:
+        text = path.read_text()
+        if not text.strip():
+            continue  # an empty package marker
+        name = path.name if by_recipe else path.relative_to(ROOT).as_posix()
+        where.setdefault(name, []).append(path.relative_to(ROOT).parts[0].removeprefix("polyglot-python-"))
+        docstring = ast.get_docstring(ast.parse(text))
+        holds.setdefault(name, docstring.splitlines()[0] if docstring else "*(no docstring)*")
+    rows = ["| module | in | holds |", "|---|---|---|"] if by_recipe else ["| module | holds |", "|---|---|"]
+    for name in sorted(where):
+        recipes = f" {', '.join(where[name])} |" if by_recipe else ""
+        text = holds[name].replace("|", r"\|")
+        rows.append(f"| `{name}` |{recipes} {text} |")
+    return "\n".join(rows) + "\n"
 
 
-SOURCE_BLOCK = re.compile(r"<!-- properties:source -->\n.*?<!-- /properties -->", re.S)
+def _recipe_folders() -> list[Path]:
+    return [ROOT / folder for folder, _, _ in RECIPES.values()]
 
 
-def render_source(text: str) -> str:
-    """The table of what a source reads beyond an app's properties."""
-    table = rows_table(source_properties())
-    return SOURCE_BLOCK.sub(lambda _: f"<!-- properties:source -->\n{table}<!-- /properties -->", text)
+def markdown_files() -> list[Path]:
+    """The docs: README.md, docs/*.md and each recipe's README (``make docs`` renders blocks in every one)."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *(f / "README.md" for f in _recipe_folders())]
+
+
+# What each block is made of.
+BLOCKS: dict[str, Callable[[], str]] = {
+    **{f"properties:{recipe}": (lambda recipe=recipe: markdown_table(recipe)) for recipe in RECIPES},
+    "properties:source": lambda: rows_table(source_properties()),
+    "kafka-keys": kafka_keys_table,
+    "bench": bench_table,
+    "modules:util": lambda: modules_table([p for f in _recipe_folders() for p in sorted((f / "util").glob("*.py"))],
+                                          by_recipe=True),
+    "modules:scripts": lambda: modules_table([p for f in _recipe_folders() for p in sorted(f.glob("*.py"))]),
+    "modules:devkit": lambda: modules_table([p for d in ("devkit", "bench", "tests/steps")
+                                             for p in sorted((ROOT / d).glob("*.py"))]),
+}
+
+
+def render_block(text: str, name: str) -> str:
+    """``text`` with the block ``name`` made anew wherever it is (the text as it was when it has none)."""
+    start, end = f"<!-- {name} -->\n", f"<!-- /{name.split(':')[0]} -->"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    return pattern.sub(lambda _: start + BLOCKS[name]() + end, text)
+
+
+def render_page(text: str) -> str:
+    """``text`` with every generated block in it made anew."""
+    for name in BLOCKS:
+        text = render_block(text, name)
+    return text
 
 
 def main() -> int:
-    readme = ROOT / "README.md"
-    readme.write_text(render_source(render_bench(render_keys(readme.read_text()))))
-    for recipe, files in DOCS.items():
-        for name in files:
-            path = ROOT / name
-            path.write_text(render(path.read_text(), recipe))
+    for path in markdown_files():
+        path.write_text(render_page(path.read_text()))
+    for recipe in RECIPES:
         dockerfile = ROOT / RECIPES[recipe][0] / "Dockerfile"
         dockerfile.write_text(render_dockerfile(dockerfile.read_text(), recipe))
     return 0

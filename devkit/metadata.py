@@ -1,6 +1,6 @@
 """Spring Boot configuration metadata of each recipe, for the image label Data Flow reads.
 
-Generated from the same declarations as the README tables; ``make docs`` writes it into the Dockerfiles.
+Generated from the same declarations as the property tables of the docs; ``make docs`` writes it into the Dockerfiles.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The property tables of the READMEs, generated from the declarations the apps read them through.
+"""The property tables of the docs, generated from the declarations the apps read them through.
 
     python -m devkit.properties processor   # prints the Markdown table
 """
@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
