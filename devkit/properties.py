@@ -43,6 +43,8 @@ def markdown_table(recipe: str) -> str:
 def source_properties() -> list[Any]:
     """What a source (``util.source``, run on the processor's ``util``) reads beyond an app's properties."""
     sys.path.insert(0, str(ROOT / RECIPES["processor"][0]))
+    for name in [m for m in sys.modules if m == "util" or m.startswith("util.")]:
+        del sys.modules[name]  # another recipe's util may be loaded (the task's has no source)
     try:
         return list(importlib.import_module("util.source").PROPERTIES)
     finally:
