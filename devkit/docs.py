@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .metadata import render_dockerfile
-from .properties import RECIPES, ROOT, markdown_table, rows_table, source_properties
+from .properties import RECIPES, ROOT, markdown_table, recipe_modules, rows_table, source_properties
 
 # Each generated block, and the Markdown files (from the repository's root) that must hold it.
 PAGES = {"properties:processor": ("docs/properties-processor.md", "polyglot-python-processor/README.md"),
@@ -45,14 +45,9 @@ TRANSLATED = {
 
 def kafka_keys_table() -> str:
     """Java client keys and what the librdkafka transport makes of them, from its own tables."""
-    sys.path.insert(0, str(ROOT / RECIPES["processor"][0]))
-    for name in [m for m in sys.modules if m == "util" or m.startswith("util.")]:
-        del sys.modules[name]  # another recipe's util may be loaded (the property tables load each in turn)
-    try:
+    with recipe_modules(RECIPES["processor"][0]):
         librdkafka = importlib.import_module("util.librdkafka_settings")
         config = importlib.import_module("util.kafka_config")
-    finally:
-        sys.path.pop(0)
     rows = ["| Java key | on librdkafka |", "|---|---|"]
     rows += [f"| `{key}` | `{name}` |" for key, name in sorted(librdkafka.RENAMED.items())]
     rows += [f"| `{key}` | {text} |" for key, text in TRANSLATED.items()]

@@ -5,9 +5,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +20,36 @@ RECIPES = {"processor": ("polyglot-python-processor", "python_processor", ("outp
 _TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "map"}
 
 
+@contextlib.contextmanager
+def recipe_modules(folder: str, *also: str) -> Iterator[None]:
+    """Import from a recipe's folder and its own ``util`` (and ``also``); afterwards the modules loaded before
+    are back, so a caller (a test process) keeps the ``util`` it had."""
+    def ours(name: str) -> bool:
+        return name == "util" or name.startswith("util.") or name in also
+
+    saved = {name: module for name, module in sys.modules.items() if ours(name)}
+    for name in saved:
+        del sys.modules[name]
+    sys.path.insert(0, str(ROOT / folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(ROOT / folder))
+        for name in [name for name in sys.modules if ours(name)]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
 def recipe_properties(recipe: str) -> tuple[list[Any], tuple[str, ...]]:
     """A recipe's properties and pass-through prefixes, loaded from its folder (each has its own ``util``)."""
     folder, module, outputs = RECIPES[recipe]
-    sys.path.insert(0, str(ROOT / folder))
-    for name in [m for m in sys.modules if m == "util" or m.startswith("util.") or m == module]:
-        del sys.modules[name]
-    try:
+    with recipe_modules(folder, module):
         script = importlib.import_module(module)
         if outputs is None:
             return [*script.OPTIONS.values(), *importlib.import_module("util.task_status").PROPERTIES], ()
         app = importlib.import_module("util.app")
         fallback = getattr(script, "GROUP_FALLBACK", None)
         return app.app_properties(outputs, script.OPTIONS, fallback), app.PASS_THROUGH
-    finally:
-        sys.path.remove(str(ROOT / folder))
 
 
 def markdown_table(recipe: str) -> str:
@@ -42,13 +58,8 @@ def markdown_table(recipe: str) -> str:
 
 def source_properties() -> list[Any]:
     """What a source (``util.source``, run on the processor's ``util``) reads beyond an app's properties."""
-    sys.path.insert(0, str(ROOT / RECIPES["processor"][0]))
-    for name in [m for m in sys.modules if m == "util" or m.startswith("util.")]:
-        del sys.modules[name]  # another recipe's util may be loaded (the task's has no source)
-    try:
+    with recipe_modules(RECIPES["processor"][0]):
         return list(importlib.import_module("util.source").PROPERTIES)
-    finally:
-        sys.path.remove(str(ROOT / RECIPES["processor"][0]))
 
 
 def binder_of(prop: Any) -> str:
