@@ -1,15 +1,20 @@
-"""kafka-python at-least-once: the bare loop plus the Spring headers, a flush and a synchronous commit per 500.
+"""kafka-python at-least-once: the bare loop plus the Spring headers, a flush and a synchronous commit per batch.
 
     python kafka_python_at_least_once.py BOOTSTRAP INPUT OUTPUT COUNT
 
-The reference for the processor on kafka-python: the same guarantees and headers, no binder.
+The reference for the processor on kafka-python: the same guarantees and headers, no binder. It takes what is
+fetched (up to 500) at once and waits only when nothing is: then for the first records to arrive (at most
+100 ms). Prints its stalls (see stalls.py) as a JSON line at the end.
 """
 
 import sys
+import time
 
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata
+from stalls import WAIT, Stalls
 
 HEADERS = [("contentType", b'"text/plain"'), ("spring_json_header_types", b'{"contentType":"java.lang.String"}')]
+BATCH = 500
 
 
 def main(bootstrap: str, source: str, sink: str, count: int) -> None:
@@ -18,9 +23,14 @@ def main(bootstrap: str, source: str, sink: str, count: int) -> None:
                              heartbeat_interval_ms=2000)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, enable_idempotence=False, linger_ms=5,
                              batch_size=128 << 10)
+    stalls = Stalls()
     done = 0
     while done < count:
-        batch = consumer.poll(timeout_ms=500, max_records=500)
+        batch = consumer.poll(timeout_ms=0, max_records=BATCH)
+        if not batch:
+            started = time.perf_counter()
+            batch = consumer.poll(timeout_ms=int(WAIT * 1000), max_records=BATCH)
+            stalls.waited_since(started, bool(batch), done)
         for records in batch.values():
             for record in records:
                 dict(record.headers)  # read the inbound headers, as a binder does
@@ -29,6 +39,7 @@ def main(bootstrap: str, source: str, sink: str, count: int) -> None:
         if batch:
             producer.flush()
             consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "", -1) for tp, records in batch.items()})
+    stalls.report()
     producer.close()
     consumer.close()
 

@@ -1,11 +1,18 @@
 """kafka-python's limit: the leanest consume, reverse, produce loop (no headers, no commits, big batches).
 
     python kafka_python_bare.py BOOTSTRAP INPUT OUTPUT COUNT
+
+It takes what is fetched (up to 5,000) at once and waits only when nothing is, for the first records to arrive
+(at most 100 ms); prints its stalls (see stalls.py) as a JSON line at the end.
 """
 
 import sys
+import time
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from stalls import WAIT, Stalls
+
+BATCH = 5000
 
 
 def main(bootstrap: str, source: str, sink: str, count: int) -> None:
@@ -15,13 +22,20 @@ def main(bootstrap: str, source: str, sink: str, count: int) -> None:
     consumer.seek_to_beginning()
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, enable_idempotence=False, linger_ms=5,
                              batch_size=256 << 10)
+    stalls = Stalls()
     done = 0
     while done < count:
-        for records in consumer.poll(timeout_ms=500, max_records=5000).values():
+        batch = consumer.poll(timeout_ms=0, max_records=BATCH)
+        if not batch:
+            started = time.perf_counter()
+            batch = consumer.poll(timeout_ms=int(WAIT * 1000), max_records=BATCH)
+            stalls.waited_since(started, bool(batch), done)
+        for records in batch.values():
             for record in records:
                 producer.send(sink, record.value[::-1])
             done += len(records)
     producer.flush()
+    stalls.report()
     producer.close()
     consumer.close()
 
