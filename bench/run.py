@@ -170,7 +170,10 @@ class Bench:
                                     str(RECORDS)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         try:
             rate = self.throughput({sink: RECORDS})
-            out = process.communicate(timeout=60)[0].decode()  # the loop exits once it has copied RECORDS
+            try:
+                out = process.communicate(timeout=60)[0].decode()  # the loop exits once it has copied RECORDS
+            except subprocess.TimeoutExpired:  # one that hangs on its way out loses its report, not the run
+                out = ""
         finally:
             process.kill()
             process.wait(30)
