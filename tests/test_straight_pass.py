@@ -46,3 +46,22 @@ def test_records_the_broker_refuses_after_a_straight_pass_are_dead_lettered_and_
         assert values[offset] == record.value, "a copy names a record of another value"
     assert len(set(origins)) == len(dead), "two dead-letter copies of one record"
     assert app.stop() == 0
+
+
+def test_options_are_bound_once_by_position_where_the_signature_allows_else_by_keyword() -> None:
+    from util.steps import _bound
+
+    def positional(message: str, b: int, a: int = 0) -> tuple:
+        return message, a, b
+
+    def keyword_only(message: str, *, a: int, b: int) -> tuple:
+        return message, a, b
+
+    def anything(message: str, **options: int) -> tuple:
+        return message, options["a"], options["b"]
+
+    for function in (positional, keyword_only, anything):
+        assert _bound(function, {"a": 1, "b": 2})("m") == ("m", 1, 2), function.__name__
+    assert _bound(positional, {"b": 2})("m") == ("m", 0, 2)
+    assert _bound(positional, {})("m", 2) == ("m", 0, 2)  # no options: the function itself
+    assert _bound(len, {"a": 1}).func is len  # no parameter of that name to pass by position: by keyword

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -49,7 +50,7 @@ def run_source(supply: Callable[..., Message | str | bytes | None],
     """A source: ``supply(**options)`` is polled (``spring.integration.poller.*``); what it returns goes to
     ``output`` (None: nothing this time; text is sent as ``text/plain``, bytes as they are)."""
     def create(properties: Properties, values: dict[str, Any], metrics: Metrics) -> Binder:
-        return Source(properties, _bound(supply, values), getattr(supply, "__name__", "source"),
+        return Source(properties, partial(supply, **values), getattr(supply, "__name__", "source"),
                       {"output": resolve_output(properties, "output")}, metrics, poller(properties))
 
     serve(create, options or {}, "source")
@@ -66,5 +67,18 @@ def _run(function: Callable[..., Any], outputs: Sequence[str], options: Mapping[
 
 
 def _bound(function: Callable[..., Any], values: dict[str, Any]) -> Callable[..., Any]:
-    """The function with its options bound once (none: the function itself, one call less a record)."""
-    return partial(function, **values) if values else function
+    """The function with its options bound once: passed by position after the message where its signature
+    allows (a keyword call costs a dictionary a record), by keyword otherwise; no options: the function itself."""
+    if not values:
+        return function
+    try:
+        parameters = list(inspect.signature(function).parameters.values())[1:len(values) + 1]
+    except (TypeError, ValueError):  # a callable without a signature Python can read
+        return partial(function, **values)
+    if {p.name for p in parameters if p.kind in _POSITIONAL} != set(values):
+        return partial(function, **values)
+    options = tuple(values[p.name] for p in parameters)
+    return lambda message: function(message, *options)
+
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
