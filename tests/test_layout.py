@@ -4,6 +4,8 @@ says on its first line what it holds (no server needed)."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,28 @@ def test_modules_and_functions_stay_short_and_say_what_they_hold(path: Path) -> 
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             length = node.end_lineno - node.lineno + 1
             assert length <= LONGEST_FUNCTION, f"{path.name}: {node.name} has {length} lines"
+
+
+PUBLIC = {"polyglot-python-processor": ["Message", "Property", "STREAM_NAME", "is_text", "run_app", "run_processor",
+                                        "run_sink", "run_source"],
+          "polyglot-python-task": ["Property", "TaskExecution", "run_task"]}
+
+
+@pytest.mark.parametrize("recipe", sorted(PUBLIC))
+def test_every_name_util_offers_resolves_and_none_it_lacks_is_offered(recipe: str) -> None:
+    code = ("import util\nfrom util import *\n"
+            "print(sorted(n for n in dir() if not n.startswith('_') and n != 'util'))\n"
+            "try:\n    from util import run_tsk\nexcept ImportError as error:\n    print(error)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT / recipe, capture_output=True, text=True, timeout=60,
+                          check=True)
+    offered, refused = done.stdout.splitlines()
+    assert offered == repr(PUBLIC[recipe])
+    assert "cannot import name 'run_tsk'" in refused
+
+
+def test_a_step_importing_the_entry_points_from_their_old_home_still_runs_with_a_warning() -> None:
+    code = "from util.binder import Message, run_processor\nprint(run_processor.__module__, Message.__name__)\n"
+    done = subprocess.run([sys.executable, "-W", "default", "-c", code], cwd=ROOT / "polyglot-python-processor",
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["util.steps", "Message"]
+    assert "DeprecationWarning: 'from util.binder import run_processor' is deprecated" in done.stderr

@@ -1,14 +1,14 @@
 """The librdkafka transport (confluent-kafka): its client and producer (its consumer and settings are apart).
 
 Sends report only failures (``delivery.report.only.error``): a flush that leaves nothing queued
-acknowledges every send before it that no callback failed, so the hot path has no per-record callback.
+acknowledges every send before it that no callback failed, so no handle is read unless one failed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -24,7 +24,6 @@ from .librdkafka_settings import client_settings, consumer_settings, create, met
 log = logging.getLogger(__name__)
 
 NAME = "the kafka binder (librdkafka)"
-TP = tuple[str, int]
 # Refusals about the record itself: it takes its error path. Any other failure of a send is the broker's.
 RECORD_CODES = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG,
                           KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_RECORD, KafkaError.INVALID_TIMESTAMP,
@@ -81,24 +80,16 @@ def _timed_out() -> KafkaException:
 
 
 class Producer:
-    """One producer; ``send`` returns a handle that ``outcome`` reads once flushed.
-
-    ``quick`` sends carry no handle: the producer's one delivery callback (failures only) lists what failed,
-    and ``outcomes`` finds each failed send by its topic and value.
-    """
+    """One producer; ``send`` and ``quick`` return a handle that ``outcome`` reads once flushed."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
-        # first: librdkafka names a malformed value's key
-        self._producer = create(_Producer, {**settings, "on_delivery": self._failed})
+        self._producer = create(_Producer, settings)  # first: librdkafka names a malformed value's key
         self.max_request_size = kafka_config.whole_number(  # librdkafka also takes "1000abc" and "0x10"
             "max.request.size", str(settings.get("message.max.bytes", 1_000_000)))
         self._produce = self._producer.produce
         self._batch = _Batch()
         self._counts: dict[str, int] = {}
         self._settled = True  # no failure and nothing unfinished since ``settled`` was last asked
-        self._idle = True  # the last flush left nothing queued: no earlier send can still report a failure
-        self._failures: list[tuple[str, bytes | None, KafkaError]] = []  # of ``quick`` sends, since ``begin``
-        self._quick_batch = self._batch
 
     def send(self, topic: str, value: bytes | None, key: bytes | None, headers: Any, partition: int | None) -> _Sent:
         batch = self._batch
@@ -107,18 +98,15 @@ class Producer:
         self._produce_waiting(topic, value, key, -1 if partition is None else partition, sent.report, headers)
         return sent
 
-    def begin(self) -> bool:
-        if not self._idle:
-            return False
-        self._failures.clear()
-        self._quick_batch = self._batch
-        return True
-
-    def quick(self, topic: str, value: bytes | None, headers: Any) -> None:
+    def quick(self, topic: str, value: bytes | None, headers: Any) -> _Sent:
+        """``send`` without key or partition, for the straight pass: positional, the queue's room not waited for
+        unless it is full (keyword arguments cost a dictionary a record)."""
+        sent = _Sent(self._batch)
         try:
-            self._produce(topic, value, None, -1, None, None, 0, headers)
+            self._produce(topic, value, None, -1, sent.report, None, 0, headers)
         except BufferError:
-            self._produce_waiting(topic, value, None, -1, None, headers)
+            self._produce_waiting(topic, value, None, -1, sent.report, headers)
+        return sent
 
     def _produce_waiting(self, topic: str, value: bytes | None, key: bytes | None, partition: int,
                          report: Callable[..., None] | None, headers: Any) -> None:
@@ -134,32 +122,12 @@ class Producer:
                     raise KafkaException(KafkaError(KafkaError._QUEUE_FULL, "the producer queue stayed full")) from None
                 self._producer.poll(0.1)
 
-    def _failed(self, error: KafkaError | None, message: Any) -> None:
-        """The producer's delivery callback: a ``quick`` send failed (a ``send`` reports to its own handle)."""
-        if error is not None:
-            self._failures.append((message.topic(), message.value(), error))
-            self._batch.failures += 1
-
-    def outcomes(self, sends: Sequence[tuple[str, bytes | None, Any]]) -> list[Exception | None]:
-        """Each failure reported goes to the first send of its topic and value not yet given one; unfinished when
-        the last flush ended, every other send of the pass timed out."""
-        waiting: dict[tuple[str, bytes | None], list[int]] = {}
-        for index, (topic, value, _) in enumerate(sends):
-            waiting.setdefault((topic, None if value is None else bytes(value)), []).append(index)
-        found: list[Exception | None] = [None] * len(sends)
-        for topic, value, error in self._failures:
-            if indexes := waiting.get((topic, value)):
-                found[indexes.pop(0)] = KafkaException(error)
-        if not self._quick_batch.done:
-            found = [error or _timed_out() for error in found]
-        return found
-
     def flush(self, seconds: float) -> bool:
         if self._producer.flush(seconds):
-            self._settled = self._idle = False
+            self._settled = False
             return False
         batch, self._batch = self._batch, _Batch()
-        batch.done = self._idle = True
+        batch.done = True
         if batch.failures:
             self._settled = False
         return True

@@ -1,5 +1,4 @@
-"""The RabbitMQ transport (pika): its client, and exchanges, queues and routing keys as Spring's provisioner lays
-them out.
+"""The RabbitMQ transport (pika): its client, which declares Spring's exchanges and queues (arguments: rabbit_config).
 
 The loop's operations on AMQP: a queue is a partition (``(destination, index)``), a delivery tag is an
 offset, a commit acknowledges every delivery below it (``multiple``), a seek requeues every unacknowledged

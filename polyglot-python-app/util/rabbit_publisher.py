@@ -153,14 +153,8 @@ class Producer:
         routing_key = topic if partition is None else f"{topic}-{partition}"
         return self.publisher.publish(topic, routing_key, value or b"", properties)
 
-    def begin(self) -> bool:
-        return True  # every publish has its handle
-
     def quick(self, topic: str, value: bytes | None, headers: Sequence[tuple[str, Any]] | None) -> Any:
         return self.publisher.publish(topic, topic, value or b"", _properties(headers)[0])
-
-    def outcomes(self, sends: Sequence[tuple[str, bytes | None, Any]]) -> list[Exception | None]:
-        return [self.publisher.outcome(handle) for _, _, handle in sends]
 
     def flush(self, seconds: float) -> bool:
         return self.publisher.flush(seconds)

@@ -1,11 +1,11 @@
-"""The straight pass: an ordinary batch's records through the function and out in one pass, no handle kept.
+"""The straight pass: an ordinary batch's records through the function and out in one pass.
 
 Ordinary: no tombstone, no retry pending, no partition key, no failure. Options were bound once, the
-client's send takes no key, partition or per-record callback (librdkafka's producer has one callback for
-failures), and no Delivery is made. The first record that is not ordinary, that the function fails on, or
-whose send the client refuses at once stops the pass: from it on the batch takes the per-record path,
-which settles it exactly as before. The sends are read back (``deliveries``) only when a flush says some
-failed, and then settled as the per-record path's are.
+client's send takes no key nor partition (``quick``: positional, on librdkafka), and no Delivery nor
+attempt is kept, only each send's handle. The first record that is not ordinary, that the function fails
+on, or whose send the client refuses at once stops the pass: from it on the batch takes the per-record
+path. The handles are read (``deliveries``) only when a flush says some send failed, and then settled as
+the per-record path's are, record by record.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .metrics import BatchSends
 from .settle import Delivery
 from .stalls import TP
 
-Sent = tuple[Any, str, str, bytes | None, Any]  # a straight send: record, output binding, topic, value, handle
+Sent = tuple[Any, Any]  # a straight send: the record and its send's handle
 Stop = tuple[str, Exception, OutputBinding | None]  # why a pass stopped: "function" or "send", the error, the output
 
 
@@ -32,14 +32,9 @@ class StraightPass:
                  outputs: Mapping[str, OutputBinding], producers: Mapping[str, Any], null: bytes | None,
                  sends: BatchSends) -> None:
         self.handler, self.single, self.source, self.outputs, self.null = handler, single, source, outputs, null
-        self.producers, self.sends = producers, sends
-        self.plain = not any(output.partition_key for output in outputs.values())
+        self.sends = sends
+        self.plain = not any(output.partition_key for output in outputs.values())  # no output needs its key
         self.quick = {name: producers[name].quick for name in outputs}
-
-    def ready(self) -> bool:
-        """No partition key, and every producer ready to send without a handle (librdkafka: none of its earlier
-        sends unfinished, whose failures could be taken for this pass's)."""
-        return self.plain and all(self.producers[name].begin() for name in self.outputs)
 
     def run(self, records: Sequence[Any], sent: list[Sent]) -> tuple[int, Stop | None]:
         """Send the outputs of records while they are ordinary: (records done, why it stopped at the next one).
@@ -72,27 +67,24 @@ class StraightPass:
                     raise ValueError(f"the function returned unknown output binding '{name}'")
                 media = output.content_type or out.content_type
                 sending = outbound_headers(out.headers, media, null) if output.headers else None
+                payload = out.payload
             except Exception as error:  # noqa: BLE001 - whatever the function raises takes the error path
                 return index, ("function", error, None)
-            payload, destination = out.payload, output.destination
+            sent_before = count[name]
             try:
-                if index & sample:
-                    handle = quick[name](destination, payload, sending)
+                if sent_before & sample:
+                    handle = quick[name](output.destination, payload, sending)
                 else:  # one send in SAMPLE timed, as on the per-record path
                     clock = time.perf_counter()
-                    handle = quick[name](destination, payload, sending)
+                    handle = quick[name](output.destination, payload, sending)
                     seconds[name] += (time.perf_counter() - clock) * BatchSends.SAMPLE
             except Exception as error:  # noqa: BLE001 - no refusal ends the loop
                 return index, ("send", error, output)
-            sent.append((record, name, destination, payload, handle))
-            count[name] += 1
+            sent.append((record, handle))
+            count[name] = sent_before + 1
         return len(records), None
 
-    def deliveries(self, runs: dict[TP, list[Sent]]) -> dict[TP, list[Delivery]]:
-        """The pass's sends as Deliveries, a failed one with why: made only when some send failed."""
-        errors: dict[int, Exception] = {}
-        for name in {sent[1] for sends in runs.values() for sent in sends}:
-            mine = [sent for sends in runs.values() for sent in sends if sent[1] == name]
-            outcomes = self.producers[name].outcomes([(sent[2], sent[3], sent[4]) for sent in mine])
-            errors.update((id(sent), error) for sent, error in zip(mine, outcomes, strict=True) if error is not None)
-        return {tp: [Delivery(sent[0], refused=errors.get(id(sent))) for sent in sends] for tp, sends in runs.items()}
+    @staticmethod
+    def deliveries(runs: dict[TP, list[Sent]]) -> dict[TP, list[Delivery]]:
+        """The pass's sends as Deliveries: made only when a flush says some send failed."""
+        return {tp: [Delivery(record, handle) for record, handle in sends] for tp, sends in runs.items()}

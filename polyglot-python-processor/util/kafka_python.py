@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata
@@ -111,14 +111,8 @@ class Producer:
             key = _NullKey.NULL
         return self._send(topic, value=value, key=key, headers=headers, partition=partition)
 
-    def begin(self) -> bool:
-        return True  # every send has its future
-
     def quick(self, topic: str, value: bytes | None, headers: list[tuple[str, bytes]] | None) -> Any:
-        return self._send(topic, value, None, headers)
-
-    def outcomes(self, sends: Sequence[tuple[str, bytes | None, Any]]) -> list[Exception | None]:
-        return [outcome(future) for _, _, future in sends]
+        return self.send(topic, value, None, headers, None)
 
     def flush(self, seconds: float) -> bool:
         """True once every send is acknowledged or failed; False when ``seconds`` ran out first."""

@@ -32,14 +32,8 @@ class Producer(Protocol):
              partition: int | None) -> Any:
         """Queue a record; the handle's outcome is read after a flush. Raises when refused at once."""
 
-    def begin(self) -> bool:
-        """Ready for a straight pass (``quick`` sends): False while earlier sends could still report to it."""
-
     def quick(self, topic: str, value: bytes | None, headers: Headers | None) -> Any:
-        """``send`` without key or partition, the handle maybe None: ``outcomes`` reads such sends."""
-
-    def outcomes(self, sends: Sequence[tuple[str, bytes | None, Any]]) -> list[Exception | None]:
-        """After a flush, the outcome of each ``(topic, value, handle)`` of ``quick`` since ``begin``."""
+        """``send`` without key or partition, as cheap as the client allows (the straight pass's)."""
 
     def flush(self, seconds: float) -> bool:
         """True once every send is acknowledged or failed; False when ``seconds`` ran out first."""
