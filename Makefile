@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SEED_VENV := .venv-seed
 RECIPES := polyglot-python-processor polyglot-python-app polyglot-python-task
 
 # Images: $(CONTAINER_ENGINE) is docker, podman or buildah; each recipe folder builds one image.
@@ -48,7 +49,6 @@ bench: $(STAMP) $(VENV)/.bench $(SEED_VENV)/.installed
 	$(PY) -m bench.run
 
 # The seed's naive loop runs as it shipped: `pip install kafka-python`, no crc32c, in a venv of its own.
-SEED_VENV := .venv-seed
 $(SEED_VENV)/.installed:
 	$(PYTHON) -m venv $(SEED_VENV)
 	$(SEED_VENV)/bin/python -m pip install --quiet kafka-python==3.0.12
