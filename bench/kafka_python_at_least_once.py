@@ -8,10 +8,9 @@ fetched (up to 500) at once and waits only when nothing is: then for the first r
 """
 
 import sys
-import time
 
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata
-from stalls import WAIT, Stalls
+from stalls import Stalls
 
 HEADERS = [("contentType", b'"text/plain"'), ("spring_json_header_types", b'{"contentType":"java.lang.String"}')]
 BATCH = 500
@@ -26,11 +25,7 @@ def main(bootstrap: str, source: str, sink: str, count: int) -> None:
     stalls = Stalls()
     done = 0
     while done < count:
-        batch = consumer.poll(timeout_ms=0, max_records=BATCH)
-        if not batch:
-            started = time.perf_counter()
-            batch = consumer.poll(timeout_ms=int(WAIT * 1000), max_records=BATCH)
-            stalls.waited_since(started, bool(batch), done)
+        batch = stalls.poll(consumer, BATCH, done)
         for records in batch.values():
             for record in records:
                 dict(record.headers)  # read the inbound headers, as a binder does

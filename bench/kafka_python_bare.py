@@ -7,10 +7,9 @@ It takes what is fetched (up to 5,000) at once and waits only when nothing is, f
 """
 
 import sys
-import time
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from stalls import WAIT, Stalls
+from stalls import Stalls
 
 BATCH = 5000
 
@@ -25,11 +24,7 @@ def main(bootstrap: str, source: str, sink: str, count: int) -> None:
     stalls = Stalls()
     done = 0
     while done < count:
-        batch = consumer.poll(timeout_ms=0, max_records=BATCH)
-        if not batch:
-            started = time.perf_counter()
-            batch = consumer.poll(timeout_ms=int(WAIT * 1000), max_records=BATCH)
-            stalls.waited_since(started, bool(batch), done)
+        batch = stalls.poll(consumer, BATCH, done)
         for records in batch.values():
             for record in records:
                 producer.send(sink, record.value[::-1])

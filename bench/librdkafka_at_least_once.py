@@ -10,10 +10,9 @@ otherwise, but for its 1 s fetch back-off (below). Prints its stalls (see stalls
 """
 
 import sys
-import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
-from stalls import WAIT, Stalls
+from stalls import Stalls
 
 HEADERS = [("contentType", b'"text/plain"'), ("spring_json_header_types", b'{"contentType":"java.lang.String"}')]
 BATCH = 500
@@ -33,13 +32,7 @@ def main(bootstrap: str, source: str, sink: str, count: int) -> None:
     stalls = Stalls()
     done = 0
     while done < count:
-        messages = consumer.consume(BATCH, 0)
-        if not messages:
-            started = time.perf_counter()
-            messages = consumer.consume(1, WAIT)
-            stalls.waited_since(started, bool(messages), done)
-            if messages:
-                messages += consumer.consume(BATCH - 1, 0)
+        messages = stalls.consume(consumer, BATCH, done)
         ends: dict[tuple[str, int], int] = {}
         for message in messages:
             if message.error() is None:

@@ -8,10 +8,9 @@ Prints its stalls (see stalls.py) as a JSON line at the end.
 """
 
 import sys
-import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-from stalls import WAIT, Stalls
+from stalls import Stalls
 
 BATCH = 500
 # librdkafka stops fetching for fetch.queue.backoff.ms (1 s by default) once its queue holds queued.min.messages
@@ -29,13 +28,7 @@ def main(bootstrap: str, source: str, sink: str, count: int) -> None:
     stalls = Stalls()
     done = 0
     while done < count:
-        messages = consumer.consume(BATCH, 0)
-        if not messages:
-            started = time.perf_counter()
-            messages = consumer.consume(1, WAIT)
-            stalls.waited_since(started, bool(messages), done)
-            if messages:
-                messages += consumer.consume(BATCH - 1, 0)
+        messages = stalls.consume(consumer, BATCH, done)
         for message in messages:
             if message.error() is None:
                 producer.produce(sink, message.value()[::-1])

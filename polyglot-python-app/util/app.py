@@ -52,11 +52,7 @@ def serve(create: Create, options: Mapping[str, Property], app_type: str) -> Non
     """Read the properties, start the actuator, connect and loop until SIGTERM; exit non-zero on failure."""
     logs.start_logging()
     try:
-        properties = Properties()
-        logs.configure_logging(properties)
-        if properties.files:
-            log.info("Properties read from %s", ", ".join(map(str, properties.files)))
-        values = {name: properties.get(prop) for name, prop in options.items()}
+        properties, values = logs.read_properties(options)
         metrics = Metrics(common_tags(properties, app_type))
         binder = create(properties, values, metrics)
         actuator = Actuator({"binder": binder.loop_check, "broker": binder.broker_check,

@@ -1,12 +1,17 @@
-"""One Spring-like log line format; levels from ``logging.level.root`` and ``logging.level.<logger>``."""
+"""One Spring-like log line format; levels from ``logging.level.root`` and ``logging.level.<logger>``; the
+properties every recipe reads first, logging configured from them."""
 
 from __future__ import annotations
 
 import logging
 import re
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from .arguments import ConfigError, Properties, Property
+
+log = logging.getLogger(__name__)
 
 LEVEL_ROOT = Property("logging.level.root", str, "INFO", "Log level: TRACE, DEBUG, INFO, WARN, ERROR or OFF.")
 PROPERTIES = (LEVEL_ROOT,)
@@ -77,3 +82,13 @@ class Repeats(logging.Filter):
 
 
 _DIGITS = re.compile(r"\d+")
+
+
+def read_properties(options: Mapping[str, Property]) -> tuple[Properties, dict[str, Any]]:
+    """What every recipe does first: its properties read (ConfigError names a bad one), logging configured from
+    them, and the values of its own options."""
+    properties = Properties()
+    configure_logging(properties)
+    if properties.files:
+        log.info("Properties read from %s", ", ".join(map(str, properties.files)))
+    return properties, {name: properties.get(prop) for name, prop in options.items()}

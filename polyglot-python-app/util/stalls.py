@@ -1,11 +1,15 @@
-"""Paused partitions: why each waits, from which offset it goes on, and its back-off (health reads them)."""
+"""Paused partitions: why each waits, from which offset it goes on, and its back-off (health reads them); the
+partitions a client found damaged records in are stalled here too."""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 PAUSE_FIRST, PAUSE_LONGEST = 1.0, 30.0  # a stalled partition's back-off, doubling in between (s)
 TP = tuple[str, int]  # a (topic, partition)
@@ -57,6 +61,28 @@ class Stalls:
         for tp in partitions:
             self.stalled.pop(tp, None)
             self._pauses.pop(tp, None)
+
+    def damaged(self, consumer: Any, batch: Mapping[TP, list[Any]], budget: float) -> Mapping[TP, list[Any]]:
+        """Partitions whose fetched data the client found damaged (a CRC mismatch, a batch that cannot be
+        decompressed): stalled at the damage, or at their first record of this batch, so nothing at or after it is
+        passed on; fetched again after a back-off. Records before the damage are processed first: the stall then
+        waits for the next poll. A partition already held (rewound) meets the damage again when fetched again."""
+        damaged, consumer.damaged = consumer.damaged, {}
+        batch = dict(batch)
+        for tp, (offset, reason) in damaged.items():
+            records = batch.pop(tp, None)
+            if tp in self.stalled:
+                continue
+            if records and records[0].offset < offset:
+                batch[tp] = [record for record in records if record.offset < offset]
+                consumer.damaged[tp] = (offset, reason)
+                continue
+            resume = min(offset, records[0].offset) if records else offset
+            log.error("Records of %s-%d from offset %d cannot be read (%s): fetching them again from offset %d after "
+                      "a back-off; nothing from there on is passed on", *tp, offset, reason, resume)
+            consumer.seek(tp, resume)
+            self.stall(tp, resume, f"fetched records damaged ({reason})", budget)
+        return batch
 
     def check(self) -> str | None:
         """Health: DOWN while a partition is paused because the broker refuses its sends or dead-letter copies."""

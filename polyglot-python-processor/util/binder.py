@@ -176,34 +176,12 @@ class Binder:
             self.settle.restart_stalled()
             batch = self.consumer.poll(self.stalls.wait(POLL_TIMEOUT))
             if self.consumer.damaged:
-                batch = self._stall_damaged(batch)
+                batch = self.stalls.damaged(self.consumer, batch, self._budget)
             if batch:
                 started = time.perf_counter()
                 self._process_batch(batch)
                 self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.state = "stopped"
-
-    def _stall_damaged(self, batch: Mapping[TP, list[Any]]) -> Mapping[TP, list[Any]]:
-        """Partitions whose fetched data the client found damaged (a CRC mismatch, a batch that cannot be
-        decompressed): stalled at the damage, or at their first record of this batch, so nothing at or after it is
-        passed on; fetched again after a back-off. Records before the damage are processed first: the stall then
-        waits for the next poll. A partition already held (rewound) meets the damage again when fetched again."""
-        damaged, self.consumer.damaged = self.consumer.damaged, {}
-        batch = dict(batch)
-        for tp, (offset, reason) in damaged.items():
-            records = batch.pop(tp, None)
-            if tp in self.stalls.stalled:
-                continue
-            if records and records[0].offset < offset:
-                batch[tp] = [record for record in records if record.offset < offset]
-                self.consumer.damaged[tp] = (offset, reason)
-                continue
-            resume = min(offset, records[0].offset) if records else offset
-            log.error("Records of %s-%d from offset %d cannot be read (%s): fetching them again from offset %d after "
-                      "a back-off; nothing from there on is passed on", *tp, offset, reason, resume)
-            self.consumer.seek(tp, resume)
-            self.stalls.stall(tp, resume, f"fetched records damaged ({reason})", self._budget)
-        return batch
 
     def _process_batch(self, batch: Mapping[TP, list[Any]]) -> None:
         started = time.monotonic()

@@ -39,7 +39,7 @@ from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, InternalError,
 from sqlalchemy.pool import NullPool
 
 from . import logs
-from .arguments import CONFIG_PROPERTIES, ConfigError, Properties, Property
+from .arguments import CONFIG_PROPERTIES, ConfigError, Property
 from .datasource import PROPERTIES as DATASOURCE_PROPERTIES
 from .datasource import Datasource, datasource
 from .task_text import FORMS, MESSAGE_SIZE, Fit, fitter, stack_trace
@@ -228,11 +228,7 @@ def run_task(body: Body, options: Mapping[str, Property]) -> None:
     logs.start_logging()
     signals = _Signals()
     try:
-        properties = Properties()
-        logs.configure_logging(properties)
-        if properties.files:
-            log.info("Properties read from %s", ", ".join(map(str, properties.files)))
-        values = {name: properties.get(prop) for name, prop in options.items()}
+        properties, values = logs.read_properties(options)
         source = datasource(properties)
         repository = TaskRepository(source, properties.get(TABLE_PREFIX))
         name = properties.get(TASK_NAME) or properties.get(APP_NAME)
