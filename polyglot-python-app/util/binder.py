@@ -38,9 +38,11 @@ from .shutdown import Shutdown, StartInterruptedError
 from .stalls import TP, Stalls
 from .straight import Sent, StraightPass
 from .transport import Consumer, Producer, open_client
+from .values import ConversionError, outgoing
 
 log = logging.getLogger(__name__)
 
+NOT_RETRIED = (UnreadableRecordError, ConversionError)  # failures no attempt can change: the error path at once
 POLL_TIMEOUT = 1.0  # how long an idle poll waits (s): bounds how late a SIGTERM is noticed
 
 
@@ -247,7 +249,7 @@ class Binder:
             if failed is not None:
                 error, failed = failed, None
                 self.channels.send(INPUT, 1, 0.0, error)
-                if attempt == self.source.max_attempts or isinstance(error, UnreadableRecordError):
+                if attempt == self.source.max_attempts or isinstance(error, NOT_RETRIED):
                     return settle.give_up(record, error, attempts=attempt)
                 initial, multiplier, longest = self.source.back_off
                 delay = min(initial * multiplier ** (attempt - 1), longest, self._budget)
@@ -298,13 +300,16 @@ class Binder:
             output, payload, out_headers = self.outputs[self.tombstones], None, headers
             key = record.key
         else:
-            result = self.handler(build(Message, (record.value, headers, media)))
+            message = build(Message, (record.value, headers, media))
+            result = self.handler(message)
             if self.single is not None:
                 name, out = self.single, result
             elif result is None or not self.outputs:  # a sink's function returned, or one filtered the record
                 return None
             else:
                 name, out = result
+            if type(out) is not Message:  # a value: bytes, text, JSON or a dataclass (None: nothing)
+                out = outgoing(out, message)
             if out is None:  # the function filtered the record (as null in Spring)
                 return None
             if name not in self.outputs:

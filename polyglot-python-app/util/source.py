@@ -18,10 +18,11 @@ from .arguments import ConfigError, Properties, Property
 from .binder import Binder
 from .bindings import OutputBinding
 from .headers import outbound_headers
-from .message import Message, build
+from .message import Message
 from .metrics import ERROR_CHANNEL, Metrics
 from .settle import describe, flush
 from .stalls import PAUSE_FIRST, PAUSE_LONGEST
+from .values import outgoing
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +145,8 @@ class Source(Binder):
 
 
 def _message(made: Any) -> Message:
-    """What the function returned as a Message: text is ``text/plain`` UTF-8, bytes are sent as they are."""
-    if isinstance(made, Message):
-        return made
-    if isinstance(made, str):
-        return build(Message, (made.encode("utf-8"), (), "text/plain"))
-    if isinstance(made, bytes | bytearray | memoryview):
-        return build(Message, (bytes(made), (), "application/octet-stream"))
-    raise TypeError(f"a source function returns a Message, str, bytes or None, not {type(made).__name__}")
+    """What the function returned as a Message: text is ``text/plain`` UTF-8, bytes are sent as they are, a JSON
+    value or a dataclass as ``application/json`` (``values.py``)."""
+    message = outgoing(made, None)
+    assert message is not None  # the poll ends at None before
+    return message

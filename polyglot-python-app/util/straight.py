@@ -20,6 +20,7 @@ from .message import Handler, Message, build
 from .metrics import BatchSends
 from .settle import Delivery
 from .stalls import TP
+from .values import outgoing
 
 Sent = tuple[Any, Any]  # a straight send: the record and its send's handle
 Stop = tuple[str, Exception, OutputBinding | None]  # why a pass stopped: "function" or "send", the error, the output
@@ -51,7 +52,8 @@ class StraightPass:
                 return index, None
             try:
                 headers = tuple(record.headers) if read_headers else ()
-                result = handler(build(Message, (value, headers, inbound_content_type(headers, default))))
+                message = build(Message, (value, headers, inbound_content_type(headers, default)))
+                result = handler(message)
                 if sink:
                     continue
                 if single is not None:
@@ -60,6 +62,8 @@ class StraightPass:
                     continue
                 else:
                     name, out = result
+                if type(out) is not Message:  # a value: bytes, text, JSON or a dataclass (None: nothing)
+                    out = outgoing(out, message)
                 if out is None:  # the function filtered the record (as null in Spring)
                     continue
                 output = outputs.get(name)

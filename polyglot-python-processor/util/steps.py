@@ -8,12 +8,13 @@ from functools import partial
 from typing import Any
 
 from .app import serve
-from .arguments import Properties, Property
+from .arguments import ConfigError, Properties, Property
 from .binder import Binder
 from .bindings import resolve_input, resolve_output
 from .message import Message
 from .metrics import Metrics
 from .source import Source, poller
+from .values import Reader, first_annotation, reader
 
 
 def run_app(handler: Callable[..., tuple[str, Message | None] | None], outputs: Sequence[str],
@@ -61,24 +62,37 @@ def _run(function: Callable[..., Any], outputs: Sequence[str], options: Mapping[
     def create(properties: Properties, values: dict[str, Any], metrics: Metrics) -> Binder:
         source = resolve_input(properties, group_fallback)
         sinks = {name: resolve_output(properties, name) for name in outputs}
-        return Binder(properties, _bound(function, values), source, sinks, metrics, tombstones, single)
+        return Binder(properties, _bound(function, values, _reader(function)), source, sinks, metrics, tombstones,
+                      single)
 
     serve(create, options or {}, app_type)
 
 
-def _bound(function: Callable[..., Any], values: dict[str, Any]) -> Callable[..., Any]:
+def _reader(function: Callable[..., Any]) -> Reader | None:
+    """What the function's first parameter takes (``values.py``); ConfigError when nothing can give it."""
+    try:
+        return reader(first_annotation(function))
+    except TypeError as error:
+        raise ConfigError(f"function '{getattr(function, '__name__', function)}': {error}") from None
+
+
+def _bound(function: Callable[..., Any], values: dict[str, Any], read: Reader | None = None) -> Callable[..., Any]:
     """The function with its options bound once: passed by position after the message where its signature
-    allows (a keyword call costs a dictionary a record), by keyword otherwise; no options: the function itself."""
+    allows (a keyword call costs a dictionary a record), by keyword otherwise; ``read`` turns the Message into
+    what the function takes. No options and no reading: the function itself."""
     if not values:
-        return function
+        return function if read is None else lambda message: function(read(message))
     try:
         parameters = list(inspect.signature(function).parameters.values())[1:len(values) + 1]
     except (TypeError, ValueError):  # a callable without a signature Python can read
-        return partial(function, **values)
+        parameters = []
     if {p.name for p in parameters if p.kind in _POSITIONAL} != set(values):
-        return partial(function, **values)
+        call = partial(function, **values)
+        return call if read is None else lambda message: call(read(message))
     options = tuple(values[p.name] for p in parameters)
-    return lambda message: function(message, *options)
+    if read is None:
+        return lambda message: function(message, *options)
+    return lambda message: function(read(message), *options)
 
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
