@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Kafka
+from conftest import Kafka, Rabbit
 from devkit.apps import App
 from devkit.waiting import wait_for
 from util.message import Message
@@ -135,4 +135,33 @@ def test_a_json_step_takes_orders_and_sends_invoices_as_json_the_bad_ones_to_the
     assert "lacks field(s) id of Order" in messages[2]
     assert {dict(r.headers)["x-exception-fqcn"] for r in dead} == {b"util.values.ConversionError"}
     assert app.process.poll() is None
+    assert app.stop() == 0
+
+
+SHAPES = ["bytes", "text", "json", "number", "point", "none", "message"]
+# What each return is sent as: payload and content type (the input is text/plain, which bytes keep).
+SENT = [(b"\x00raw", "text/plain"), ("tëxt".encode(), "text/plain"), ('{"k": [1, "é"]}'.encode(), "application/json"),
+        (b"2.5", "application/json"), (b'{"x": 1, "y": 2}', "application/json"), (b"<m/>", "application/xml")]
+
+
+def test_each_return_type_goes_out_with_its_content_type_on_kafka(
+        kafka: Kafka, names: Callable[[str], str], start_stream_app: Callable[..., App]) -> None:
+    source, sink, group = kafka.create(names("in")), kafka.create(names("out")), names("g")
+    kafka.produce(source, [s.encode() for s in SHAPES], headers=[("contentType", b'"text/plain"')])
+    app = start_stream_app("shapes", source, {"output": sink}, group=group)
+    wait_for(kafka.caught_up(group, {0: len(SHAPES)}), 60, "every record committed")  # "none": done, nothing sent
+    out = kafka.read(sink, len(SENT), settle=1.0)
+    assert [(r.value, json.loads(dict(r.headers)["contentType"])) for r in out] == SENT
+    assert app.stop() == 0
+
+
+def test_each_return_type_goes_out_with_its_content_type_on_rabbitmq(
+        rabbit: Rabbit, names: Callable[[str], str], start_rabbit_app: Callable[..., App]) -> None:
+    source, sink, group = names("in"), names("out"), "shapes"
+    app = start_rabbit_app("shapes", source, {"output": sink}, f"--spring.cloud.stream.bindings.output.producer."
+                           f"requiredGroups={group}", group=group)
+    app.wait_for_log("Consuming")
+    rabbit.publish(source, [s.encode() for s in SHAPES])
+    got = rabbit.read(f"{sink}.{group}", len(SENT), settle=1.0)
+    assert [(body, properties.content_type) for _, properties, body in got] == SENT
     assert app.stop() == 0
