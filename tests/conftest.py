@@ -42,7 +42,8 @@ STREAM_APPS = {"processor": ("polyglot-python-processor/python_processor.py", ("
 STEPS = {"source": ("tests/steps/python_source.py", ("output",)), "sink": ("tests/steps/python_sink.py", ()),
          "filter": ("tests/steps/python_filter.py", ("output",)),
          "invoice": ("tests/steps/python_invoice.py", ("output",)),
-         "shapes": ("tests/steps/python_shapes.py", ("output",))}
+         "shapes": ("tests/steps/python_shapes.py", ("output",)),
+         "batch": ("tests/steps/python_batch.py", ("output",))}
 # Tansu takes half the session timeout to complete a group join: keep it short in tests.
 FAST_GROUPS = ("--spring.cloud.stream.kafka.binder.consumerProperties.session.timeout.ms=6000",
                "--spring.cloud.stream.kafka.binder.consumerProperties.heartbeat.interval.ms=2000")

@@ -54,8 +54,8 @@ def test_modules_and_functions_stay_short_and_say_what_they_hold(path: Path) -> 
             assert length <= LONGEST_FUNCTION, f"{path.name}: {node.name} has {length} lines"
 
 
-PUBLIC = {"polyglot-python-processor": ["Message", "Property", "STREAM_NAME", "is_text", "run_app", "run_processor",
-                                        "run_sink", "run_source"],
+PUBLIC = {"polyglot-python-processor": ["BatchError", "Message", "Property", "STREAM_NAME", "is_text", "run_app",
+                                        "run_processor", "run_sink", "run_source"],
           "polyglot-python-task": ["Property", "TaskExecution", "run_task"]}
 
 

@@ -67,6 +67,9 @@ def input_properties(group_fallback: Property | None = None, binding: str = "inp
                                      "First retry back-off, ms."),
         "back_off_multiplier": _binding(binding, "consumer.backOffMultiplier", float, 2.0, "Back-off multiplier."),
         "back_off_max": _binding(binding, "consumer.backOffMaxInterval", int, 10000, "Longest retry back-off, ms."),
+        "batch_mode": _binding(binding, "consumer.batchMode", bool, False,
+                               "Hand the function a list: what one poll returns (annotate its first parameter "
+                               "list[...])."),
         "header_mode": _binding(binding, "consumer.headerMode", str, "headers",
                                 "headers: read record headers; none: ignore them.", choices=("headers", "none")),
         "enable_dlq": _kafka_binding(binding, "consumer.enableDlq", bool, False,
@@ -110,6 +113,7 @@ class InputBinding:
     auto_rebalance: bool
     headers: bool
     concurrency: int
+    batch_mode: bool = False
 
     def dlq_topic(self, destination: str) -> str:
         return self.dlq_name or f"error.{destination}.{self.group}"
@@ -156,6 +160,7 @@ def resolve_input(properties: Properties, group_fallback: Property | None = None
         auto_rebalance=p["auto_rebalance"],
         headers=p["header_mode"] == "headers",
         concurrency=p["concurrency"],
+        batch_mode=p["batch_mode"],
     )
 
 

@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 INPUT = "input"  # the input binding, and its channel's name in the metrics
 
 
+class RewindError(Exception):
+    """The broker refused a send for a reason that is not the record's: process it again, later."""
+
+    def __init__(self, offset: int, error: Exception) -> None:
+        super().__init__(offset, error)
+        self.offset, self.error = offset, error
+
+
 @dataclass(slots=True)
 class Delivery:
     """One record's send: its output, or (``cause`` set) its dead-letter copy; no future and no refusal: skipped."""

@@ -9,12 +9,13 @@ from typing import Any
 
 from .app import serve
 from .arguments import ConfigError, Properties, Property
+from .batches import BatchMode
 from .binder import Binder
 from .bindings import resolve_input, resolve_output
 from .message import Message
 from .metrics import Metrics
 from .source import Source, poller
-from .values import Reader, first_annotation, reader
+from .values import Reader, batch_reader, first_annotation, reader
 
 
 def run_app(handler: Callable[..., tuple[str, Message | None] | None], outputs: Sequence[str],
@@ -62,16 +63,20 @@ def _run(function: Callable[..., Any], outputs: Sequence[str], options: Mapping[
     def create(properties: Properties, values: dict[str, Any], metrics: Metrics) -> Binder:
         source = resolve_input(properties, group_fallback)
         sinks = {name: resolve_output(properties, name) for name in outputs}
-        return Binder(properties, _bound(function, values, _reader(function)), source, sinks, metrics, tombstones,
-                      single)
+        read = _reader(function, batch_reader if source.batch_mode else reader)
+        if not source.batch_mode:
+            return Binder(properties, _bound(function, values, read), source, sinks, metrics, tombstones, single)
+        binder = Binder(properties, _bound(function, values), source, sinks, metrics, tombstones, single)
+        binder.batches = BatchMode(binder, read)
+        return binder
 
     serve(create, options or {}, app_type)
 
 
-def _reader(function: Callable[..., Any]) -> Reader | None:
+def _reader(function: Callable[..., Any], choose: Callable[[Any], Reader | None]) -> Reader | None:
     """What the function's first parameter takes (``values.py``); ConfigError when nothing can give it."""
     try:
-        return reader(first_annotation(function))
+        return choose(first_annotation(function))
     except TypeError as error:
         raise ConfigError(f"function '{getattr(function, '__name__', function)}': {error}") from None
 

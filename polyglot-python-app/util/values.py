@@ -129,3 +129,14 @@ def _dataclass(message: Message, kind: type) -> Any:
         return kind(**{f.name: value[f.name] for f in fields if f.name in value})
     except (TypeError, ValueError) as error:  # what the dataclass's own __post_init__ refuses
         raise ConversionError(f"payload does not make a {kind.__name__}: {error}") from None
+
+
+def batch_reader(annotation: Any) -> Reader | None:
+    """Batch mode: ``list[T]`` (or ``list``, or none) reads each record as ``T`` would; TypeError for the rest."""
+    if annotation in (inspect.Parameter.empty, list):
+        return None
+    if typing.get_origin(annotation) is list:
+        (inner,) = typing.get_args(annotation) or (inspect.Parameter.empty,)
+        return reader(inner)
+    raise TypeError("in batch mode the function's first parameter is annotated list[...], not "
+                    f"{getattr(annotation, '__name__', annotation)!r}")

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .arguments import ConfigError, Properties
+from .batches import BatchMode
 from .bindings import (
     INSTANCE_COUNT,
     INSTANCE_INDEX,
@@ -29,11 +30,11 @@ from .bindings import (
     too_few_partitions,
 )
 from .broker_check import BrokerCheck
-from .headers import HeaderError, UnreadableRecordError, header_text, inbound_content_type, is_text, outbound_headers
+from .headers import UnreadableRecordError, inbound_content_type, outbound_headers
 from .message import Handler, Message, build
 from .metrics import BatchSends, Metrics
-from .partitions import java_bytes_hash, java_string_hash, select_partition
-from .settle import INPUT, Delivery, Settlement, where
+from .partitions import output_partition
+from .settle import INPUT, Delivery, RewindError, Settlement, where
 from .shutdown import Shutdown, StartInterruptedError
 from .stalls import TP, Stalls
 from .straight import Sent, StraightPass
@@ -52,14 +53,6 @@ class _InterruptedError(Exception):
     def __init__(self, offset: int) -> None:
         super().__init__(offset)
         self.offset = offset
-
-
-class _RewindError(Exception):
-    """The broker refused a send for a reason that is not the record's: process it again, later."""
-
-    def __init__(self, offset: int, error: Exception) -> None:
-        super().__init__(offset, error)
-        self.offset, self.error = offset, error
 
 
 class TombstoneError(ValueError):
@@ -95,8 +88,9 @@ class Binder:
         # A record whose retries its batch had no time for: attempts made, and when the next one is due.
         self._attempts: dict[tuple[str, int, int], tuple[int, float]] = {}
         self.straight: StraightPass | None = None
-        self._budget = 150.0  # half of max.poll.interval.ms: the longest a batch may take
-        self._until = 0.0  # when the current batch stops taking records
+        self.batches: BatchMode | None = None  # batch mode: the function takes a poll's records as a list
+        self.budget = 150.0  # half of max.poll.interval.ms: the longest a batch may take
+        self.until = 0.0  # when the current batch stops taking records
 
     # -- health ---------------------------------------------------------------------------------
     def loop_check(self) -> str | None:
@@ -126,10 +120,10 @@ class Binder:
             provision(self.properties, self.client,
                       {source.dlq_topic(d): (dlq.partition_count(d), None) for d in source.destinations})
         self.consumer, start = self.client.consumer(source)
-        self._budget = self.consumer.max_poll_interval / 2
+        self.budget = self.consumer.max_poll_interval / 2
         self.stalls.pause = self.consumer.pause
         self.settle = Settlement(self.client, self.consumer, self.producers, source, self.metrics, self.stalls,
-                                 self.shutdown, self._budget)
+                                 self.shutdown, self.budget)
         self.straight = StraightPass(self.handler, self.single, source, self.outputs, self.producers,
                                      self.client.null_header, self.sends)
         if source.auto_rebalance:
@@ -178,7 +172,7 @@ class Binder:
             self.settle.restart_stalled()
             batch = self.consumer.poll(self.stalls.wait(POLL_TIMEOUT))
             if self.consumer.damaged:
-                batch = self.stalls.damaged(self.consumer, batch, self._budget)
+                batch = self.stalls.damaged(self.consumer, batch, self.budget)
             if batch:
                 started = time.perf_counter()
                 self._process_batch(batch)
@@ -186,14 +180,34 @@ class Binder:
         self.state = "stopped"
 
     def _process_batch(self, batch: Mapping[TP, list[Any]]) -> None:
-        started = time.monotonic()
-        self._until = started + self._budget
+        self.until = time.monotonic() + self.budget
         settle = self.settle
-        done: dict[TP, list[Delivery]] = {}
-        runs: dict[TP, list[Sent]] = {}  # what the straight pass sent, per partition
-        rewinds: dict[TP, tuple[int, Exception | None]] = {}
         partitions = [tp for tp in batch if tp not in self.stalls.stalled]  # a paused one's late records come again
-        handled, clock, settle.given_up = 0, time.perf_counter(), 0
+        clock, settle.given_up = time.perf_counter(), 0
+        runs: dict[TP, list[Sent]] = {}  # what the straight pass sent, per partition
+        if self.batches is not None:
+            done, rewinds = self.batches.process(batch, partitions)
+            handled = sum(len(batch[tp]) for tp in partitions)
+            self.metrics.received.inc(handled)
+        else:
+            done, rewinds, handled = self._one_by_one(batch, partitions, runs)
+        if handled > settle.given_up:  # the input channel's sends that returned (Micrometer's timer)
+            self.channels.send(INPUT, handled - settle.given_up, time.perf_counter() - clock)
+        self.sends.publish()
+        held, refused = settle.complete(done, self.until + self.budget / 2,
+                                        (lambda: self.straight.deliveries(runs)) if runs else None)
+        for tp, (offset, error) in refused.items():
+            rewinds[tp] = min(rewinds.get(tp, (offset, error)), (offset, error), key=lambda r: r[0])
+        settle.advance({tp: batch[tp] for tp in partitions}, held, rewinds)
+
+    def _one_by_one(self, batch: Mapping[TP, list[Any]], partitions: list[TP], runs: dict[TP, list[Sent]]) -> tuple[
+            dict[TP, list[Delivery]], dict[TP, tuple[int, Exception | None]], int]:
+        """Each record through the function: a straight pass while they are ordinary, else one by one with retries.
+        Deliveries per partition, the partitions to rewind, the records handled."""
+        started = time.monotonic()
+        done: dict[TP, list[Delivery]] = {}
+        rewinds: dict[TP, tuple[int, Exception | None]] = {}
+        handled = 0
         straight = self.straight.plain and not self._attempts
         for index, tp in enumerate(partitions):
             deliveries = done[tp] = []
@@ -206,8 +220,8 @@ class Binder:
                         deliveries.append(self._resume(records[0], *stopped))
                         records = records[1:]
                 for record in records:
-                    deliveries.append(self._deliver(record))
-            except _RewindError as rewind:
+                    deliveries.append(self.deliver(record))
+            except RewindError as rewind:
                 rewinds[tp] = (rewind.offset, rewind.error)
             except _InterruptedError as interrupted:  # SIGTERM, or the poll interval is running out
                 rewinds[tp] = (interrupted.offset, None)
@@ -219,16 +233,9 @@ class Binder:
             finally:
                 self.metrics.received.inc(straight_count + len(deliveries))
                 handled += straight_count + len(deliveries)
-        if handled > settle.given_up:  # the input channel's sends that returned (Micrometer's timer)
-            self.channels.send(INPUT, handled - settle.given_up, time.perf_counter() - clock)
-        self.sends.publish()
-        held, refused = settle.complete(done, self._until + self._budget / 2,
-                                        (lambda: self.straight.deliveries(runs)) if runs else None)
-        for tp, (offset, error) in refused.items():
-            rewinds[tp] = min(rewinds.get(tp, (offset, error)), (offset, error), key=lambda r: r[0])
-        settle.advance({tp: batch[tp] for tp in partitions}, held, rewinds)
+        return done, rewinds, handled
 
-    def _deliver(self, record: Any, failed: Exception | None = None) -> Delivery:
+    def deliver(self, record: Any, failed: Exception | None = None) -> Delivery:
         """Send the function's output of one record, retrying the function; its dead-letter copy when it gives up.
         ``failed``: the first attempt was made (in the straight pass) and raised this."""
         settle = self.settle
@@ -238,7 +245,7 @@ class Binder:
         made, not_before = self._attempts.pop(_key(record), (0, 0.0)) if self._attempts else (0, 0.0)
         for attempt in range(made + 1, self.source.max_attempts + 1):
             if not_before and (pause := not_before - time.monotonic()) > 0 and (
-                    time.monotonic() + pause > self._until or self.stop.wait(pause)):
+                    time.monotonic() + pause > self.until or self.stop.wait(pause)):
                 self._attempts[_key(record)] = (attempt - 1, not_before)  # the next batch goes on from here
                 raise _InterruptedError(record.offset)
             if failed is None:
@@ -252,17 +259,17 @@ class Binder:
                 if attempt == self.source.max_attempts or isinstance(error, NOT_RETRIED):
                     return settle.give_up(record, error, attempts=attempt)
                 initial, multiplier, longest = self.source.back_off
-                delay = min(initial * multiplier ** (attempt - 1), longest, self._budget)
+                delay = min(initial * multiplier ** (attempt - 1), longest, self.budget)
                 not_before = time.monotonic() + delay
                 log.debug("Record %s failed (attempt %d): %s; retrying in %.1f s", where(record), attempt,
                           error, delay)
                 continue
             if prepared is None:  # nothing to send: a sink, or a record the function filtered
                 return Delivery(record)
-            return self._send(record, attempt, *prepared)
+            return self.send(record, attempt, *prepared)
         return settle.give_up(record, RuntimeError("no attempt left"), attempts=made)  # maxAttempts lowered meanwhile
 
-    def _send(self, record: Any, attempt: int, output: OutputBinding, value: bytes | None, headers: Any,
+    def send(self, record: Any, attempt: int, output: OutputBinding, value: bytes | None, headers: Any,
               partition: int | None, key: bytes | None) -> Delivery:
         """Send one record's output; a refusal about the record gives it up, any other rewinds its partition."""
         sends = self.sends
@@ -284,56 +291,46 @@ class Binder:
         self.channels.send(INPUT, 1, 0.0, error)
         if self.client.about_the_record(error):
             return self.settle.give_up(record, error, attempts=attempt, counted=True)
-        raise _RewindError(record.offset, error) from None
+        raise RewindError(record.offset, error) from None
 
     def _resume(self, record: Any, kind: str, error: Exception, output: OutputBinding | None) -> Delivery:
         """The record the straight pass stopped at, on the per-record path: its first attempt failed so."""
         if kind == "send":
             return self._refused(record, 1, output, error)
-        return self._deliver(record, failed=error)
+        return self.deliver(record, failed=error)
 
     def _prepare(self, record: Any) -> tuple[OutputBinding, bytes | None, Any, int | None, Any] | None:
         """The function's output of a record: binding, value, headers, partition and key to send (None: none)."""
         headers = tuple(record.headers) if self.source.headers else ()
         media = inbound_content_type(headers, self.source.content_type)
         if record.value is None:  # a tombstone passes through, keyed as it came: its key is what it deletes
-            output, payload, out_headers = self.outputs[self.tombstones], None, headers
-            key = record.key
+            return self.addressed(self.tombstones, build(Message, (None, headers, media)), record.key)
+        message = build(Message, (record.value, headers, media))
+        result = self.handler(message)
+        if self.single is not None:
+            name, out = self.single, result
+        elif result is None or not self.outputs:  # a sink's function returned, or one filtered the record
+            return None
         else:
-            message = build(Message, (record.value, headers, media))
-            result = self.handler(message)
-            if self.single is not None:
-                name, out = self.single, result
-            elif result is None or not self.outputs:  # a sink's function returned, or one filtered the record
-                return None
-            else:
-                name, out = result
-            if type(out) is not Message:  # a value: bytes, text, JSON or a dataclass (None: nothing)
-                out = outgoing(out, message)
-            if out is None:  # the function filtered the record (as null in Spring)
-                return None
-            if name not in self.outputs:
-                raise ValueError(f"the function returned unknown output binding '{name}'")
-            output, payload, out_headers, media, key = (self.outputs[name], out.payload, out.headers,
-                                                        out.content_type, None)
-        media = output.content_type or media
-        sent_headers = outbound_headers(out_headers, media, self.client.null_header) if output.headers else None
-        partition = self._partition(output, payload or b"", out_headers, media) if output.partition_key else None
-        return output, payload, sent_headers, partition, key
+            name, out = result
+        if type(out) is not Message:  # a value: bytes, text, JSON or a dataclass (None: nothing)
+            out = outgoing(out, message)
+        if out is None:  # the function filtered the record (as null in Spring)
+            return None
+        return self.addressed(name, out)
 
-    def _partition(self, output: OutputBinding, payload: bytes, headers: Any, media_type: str) -> int:
+    def addressed(self, name: str, out: Message, key: bytes | None = None) -> tuple[
+            OutputBinding, bytes | None, Any, int | None, Any]:
+        """A message for output binding ``name`` as it is sent: binding, value, headers, partition and key."""
+        output = self.outputs.get(name)
+        if output is None:
+            raise ValueError(f"the function returned unknown output binding '{name}'")
+        media = output.content_type or out.content_type
+        sent_headers = outbound_headers(out.headers, media, self.client.null_header) if output.headers else None
         count = self.partition_counts[output.destination]
-        if output.partition_key == "payload":
-            if is_text(media_type):
-                try:
-                    return select_partition(java_string_hash(payload.decode("utf-8")), count)
-                except UnicodeDecodeError:
-                    pass
-            return select_partition(java_bytes_hash(payload), count)
-        key = header_text(headers, output.partition_key)
-        if key is None:
-            raise HeaderError(f"partition key header '{output.partition_key}' is missing")
-        return select_partition(java_string_hash(key), count)
+        partition = output_partition(output.partition_key, count, out.payload or b"", out.headers,
+                                     media) if output.partition_key else None
+        return output, out.payload, sent_headers, partition, key
 
     def forget(self, partitions: Sequence[TP]) -> None:
         """Partitions revoked: their new owner starts from the committed offsets (offsets are committed

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from array import array
+from typing import Any
+
+from .headers import HeaderError, header_text, is_text
 
 
 def _int32(value: int) -> int:
@@ -34,3 +37,19 @@ def select_partition(key_hash: int, partition_count: int) -> int:
     if key_hash == -0x80000000:
         key_hash = 0
     return abs(key_hash) % partition_count
+
+
+def output_partition(key: str, count: int, payload: bytes, headers: Any, media_type: str) -> int:
+    """The partition of an output record, as Spring selects it by ``partitionKeyExpression``: ``payload`` (its text
+    when the content type is text, else its bytes) or a header's value; HeaderError when that header is missing."""
+    if key == "payload":
+        if is_text(media_type):
+            try:
+                return select_partition(java_string_hash(payload.decode("utf-8")), count)
+            except UnicodeDecodeError:
+                pass
+        return select_partition(java_bytes_hash(payload), count)
+    value = header_text(headers, key)
+    if value is None:
+        raise HeaderError(f"partition key header '{key}' is missing")
+    return select_partition(java_string_hash(value), count)

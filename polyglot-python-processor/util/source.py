@@ -20,6 +20,7 @@ from .bindings import OutputBinding
 from .headers import outbound_headers
 from .message import Message
 from .metrics import ERROR_CHANNEL, Metrics
+from .partitions import output_partition
 from .settle import describe, flush
 from .stalls import PAUSE_FIRST, PAUSE_LONGEST
 from .values import outgoing
@@ -110,7 +111,8 @@ class Source(Binder):
                 media = output.content_type or message.content_type
                 headers = (outbound_headers(message.headers, media, self.client.null_header)
                            if output.headers else None)
-                partition = (self._partition(output, message.payload, message.headers, media)
+                partition = (output_partition(output.partition_key, self.partition_counts[output.destination],
+                                              message.payload, message.headers, media)
                              if output.partition_key else None)
             except Exception as error:  # noqa: BLE001 - a malformed message (say a missing partition key header)
                 self.channels.send(output.name, 1, time.perf_counter() - clock, error)
@@ -124,7 +126,7 @@ class Source(Binder):
                     again.append(message)
                 continue
             self.channels.send(output.name, 1, time.perf_counter() - clock)
-        flush(self.producers, time.monotonic() + self._budget, self.shutdown)
+        flush(self.producers, time.monotonic() + self.budget, self.shutdown)
         done = producer.settled()
         for message, handle in sent:
             error = None if done else self.client.outcome(handle)
