@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from conftest import Kafka
+from conftest import Kafka, Rabbit
 from devkit.apps import App
 from devkit.waiting import wait_for
 
@@ -73,3 +73,22 @@ def test_sigterm_and_kill_mid_batch_lose_nothing(
     out = kafka.read(sink, len(values), settle=2.0)  # duplicates after kill -9: read on past the count
     assert {r.value.decode().split("|")[0][::-1].encode() for r in out} == set(values)
     assert third.stop() == 0
+
+
+def test_batch_mode_on_rabbitmq_takes_batch_size_deliveries_a_call(
+        rabbit: Rabbit, names: Callable[[str], str], start_rabbit_app: Callable[..., App]) -> None:
+    source, sink, group = names("in"), names("out"), "batches"
+    rabbit_consumer = "--spring.cloud.stream.rabbit.bindings.input.consumer"
+    app = start_rabbit_app("batch", source, {"output": sink},
+                           "--spring.cloud.stream.bindings.input.consumer.batch-mode=true",
+                           f"{rabbit_consumer}.enableBatching=true", f"{rabbit_consumer}.batchSize=5",
+                           f"{rabbit_consumer}.receiveTimeout=200",
+                           f"--spring.cloud.stream.bindings.output.producer.requiredGroups={group}", group=group)
+    app.wait_for_log("Consuming")
+    values = [f"m{i:02d}" for i in range(23)]
+    rabbit.publish(source, [v.encode() for v in values])
+    got = [body.decode() for _, _, body in rabbit.read(f"{sink}.{group}", len(values), settle=1.0)]
+    assert sorted(text.split("|")[0][::-1] for text in got) == values
+    sizes = [int(text.split("|")[1]) for text in got]
+    assert max(sizes) == 5, sizes  # batchSize; the last ones within receiveTimeout
+    assert app.stop() == 0

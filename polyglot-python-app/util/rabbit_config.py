@@ -70,6 +70,13 @@ def consumer_properties(binding: str = "input") -> dict[str, Property]:
         "prefetch": _rabbit(binding, "consumer", "prefetch", int, DEFAULT_PREFETCH,
                             f"Unacknowledged deliveries the broker sends ahead (Spring's default is 1; "
                             f"{DEFAULT_PREFETCH} here, as acknowledgements come in batches)"),
+        "enable_batching": _rabbit(binding, "consumer", "enableBatching", bool, False,
+                                   "Batch mode: hand the function up to batchSize deliveries, collected for at most "
+                                   "receiveTimeout."),
+        "batch_size": _rabbit(binding, "consumer", "batchSize", int, 10,
+                              "Batch mode with enableBatching: deliveries a batch."),
+        "receive_timeout": _rabbit(binding, "consumer", "receiveTimeout", int, 1000,
+                                   "Batch mode with enableBatching: how long a batch is collected, ms."),
         "partitioned": Property(f"spring.cloud.stream.bindings.{binding}.consumer.partitioned", bool, False,
                                 "Consume the partition queue `<destination>.<group>-<instanceIndex>`.",
                                 binder="rabbit"),
@@ -171,7 +178,7 @@ def unsupported(properties: Properties) -> list[str]:
     """The ``spring.cloud.stream.rabbit.*`` properties set that this binder does not read (a warning names them)."""
     known = {canonical(prop.name.split(f".{side}.", 1)[1])
              for side in ("consumer", "producer") for prop in queue_properties("x", side).values()}
-    known.add("prefetch")
+    known |= {canonical(key) for key in ("prefetch", "enableBatching", "batchSize", "receiveTimeout")}
     found = []
     for key in properties.subtree("spring.cloud.stream.rabbit", as_written=True):
         parts = canonical(key).split(".")

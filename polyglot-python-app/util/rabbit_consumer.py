@@ -45,6 +45,7 @@ class Consumer:
         self.paused: set[tuple[str, int]] = set()
         self.cancelled: list[str] = []  # queues whose consumer the broker cancelled (the queue was deleted)
         self.queues: dict[tuple[str, int], str] = {}
+        self._first_at: float | None = None  # consumer-side batching: when the oldest waiting delivery was seen
         self.assigned: Callable[[list[tuple[str, int]]], None] = lambda _partitions: None
         self.revoked: Callable[[list[tuple[str, int]]], None] = lambda _partitions: None
 
@@ -116,7 +117,7 @@ class Consumer:
         while True:
             if self._usable():
                 self.client.connection.pump(0.0)
-                batch = self._take()
+                batch = {} if self._filling() else self._take()
                 if batch:
                     return batch
             left = deadline - time.monotonic()
@@ -127,9 +128,23 @@ class Consumer:
             else:
                 self.client.connection.pump(min(left, 0.05))
 
+    def _filling(self) -> bool:
+        """Consumer-side batching (``enableBatching``): fewer than ``batchSize`` deliveries wait, and the first of
+        them came less than ``receiveTimeout`` ago."""
+        if self.client.batching is None:
+            return False
+        size, timeout = self.client.batching
+        waiting = sum(len(queue) for tp, queue in self.buffered.items() if tp not in self.paused)
+        if not waiting:
+            self._first_at = None
+            return True
+        self._first_at = self._first_at or time.monotonic()
+        return waiting < size and time.monotonic() - self._first_at < timeout
+
     def _take(self) -> dict[tuple[str, int], list[Record]]:
         batch: dict[tuple[str, int], list[Record]] = {}
-        room = MAX_BATCH
+        room = MAX_BATCH if self.client.batching is None else self.client.batching[0]
+        self._first_at = None
         for tp, waiting in self.buffered.items():
             if tp in self.paused or not waiting or room <= 0:
                 continue
