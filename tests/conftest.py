@@ -43,7 +43,8 @@ STEPS = {"source": ("tests/steps/python_source.py", ("output",)), "sink": ("test
          "filter": ("tests/steps/python_filter.py", ("output",)),
          "invoice": ("tests/steps/python_invoice.py", ("output",)),
          "shapes": ("tests/steps/python_shapes.py", ("output",)),
-         "batch": ("tests/steps/python_batch.py", ("output",))}
+         "batch": ("tests/steps/python_batch.py", ("output",)),
+         "batch-sink": ("tests/steps/python_batch_sink.py", ())}
 # Tansu takes half the session timeout to complete a group join: keep it short in tests.
 FAST_GROUPS = ("--spring.cloud.stream.kafka.binder.consumerProperties.session.timeout.ms=6000",
                "--spring.cloud.stream.kafka.binder.consumerProperties.heartbeat.interval.ms=2000")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 from conftest import Kafka, Rabbit
 from devkit.apps import App
@@ -91,4 +92,20 @@ def test_batch_mode_on_rabbitmq_takes_batch_size_deliveries_a_call(
     assert sorted(text.split("|")[0][::-1] for text in got) == values
     sizes = [int(text.split("|")[1]) for text in got]
     assert max(sizes) == 5, sizes  # batchSize; the last ones within receiveTimeout
+    assert app.stop() == 0
+
+
+def test_a_batch_sink_writes_each_record_once_and_dead_letters_what_it_reports(
+        kafka: Kafka, names: Callable[[str], str], start_stream_app: Callable[..., App], tmp_path: Path) -> None:
+    """BatchError from a sink: what it wrote before the failed record is done (not written again), the record is
+    dead-lettered after its attempts, and the records after it are written."""
+    source, group, out = kafka.create(names("in")), names("g"), tmp_path / "sink.txt"
+    values = [f"v{i:03d}" for i in range(300)]
+    values[120] = "poison"
+    kafka.produce(source, [v.encode() for v in values], headers=TEXT)
+    app = start_stream_app("batch-sink", source, {}, *BATCH, f"--sink.file={out}", group=group)
+    wait_for(kafka.caught_up(group, {0: len(values)}), 90, "every record committed")
+    written = out.read_text().splitlines()
+    assert written == [v for v in values if v != "poison"]  # in order, each once
+    assert [r.value for r in kafka.read(f"error.{source}.{group}", 1, settle=1.0)] == [b"poison"]
     assert app.stop() == 0
