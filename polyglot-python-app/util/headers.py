@@ -33,10 +33,11 @@ class UnreadableHeaders(tuple):
     """
 
     reason: str
+    kept: Sequence[tuple[str, bytes | None]]  # what a dead-letter copy carries: the record's headers as they came
 
-    def __new__(cls, reason: str) -> UnreadableHeaders:
+    def __new__(cls, reason: str, kept: Sequence[tuple[str, bytes | None]] = ()) -> UnreadableHeaders:
         made = super().__new__(cls)
-        made.reason = reason
+        made.reason, made.kept = reason, kept
         return made
 
     def __iter__(self) -> Iterator[tuple[str, bytes | None]]:

@@ -72,11 +72,11 @@ def consumer_properties(binding: str = "input") -> dict[str, Property]:
                             f"{DEFAULT_PREFETCH} here, as acknowledgements come in batches)"),
         "enable_batching": _rabbit(binding, "consumer", "enableBatching", bool, False,
                                    "Batch mode: hand the function up to batchSize deliveries, collected for at most "
-                                   "receiveTimeout."),
+                                   "receiveTimeout"),
         "batch_size": _rabbit(binding, "consumer", "batchSize", int, 10,
-                              "Batch mode with enableBatching: deliveries a batch."),
+                              "Batch mode with enableBatching: messages a batch"),
         "receive_timeout": _rabbit(binding, "consumer", "receiveTimeout", int, 1000,
-                                   "Batch mode with enableBatching: how long a batch is collected, ms."),
+                                   "Batch mode with enableBatching: how long a batch is collected, ms"),
         "partitioned": Property(f"spring.cloud.stream.bindings.{binding}.consumer.partitioned", bool, False,
                                 "Consume the partition queue `<destination>.<group>-<instanceIndex>`.",
                                 binder="rabbit"),
@@ -90,6 +90,17 @@ def producer_properties(binding: str) -> dict[str, Property]:
                                     "Groups whose queues the producer declares and binds at start, so nothing "
                                     "sent before their consumers start is lost (Data Flow: the stream name).",
                                     binder="rabbit"),
+        "batching_enabled": _rabbit(binding, "producer", "batchingEnabled", bool, False,
+                                    "Publish Spring AMQP batches (`springBatchFormat: lengthHeader4`): several "
+                                    "messages in one, with the first one's properties; Spring consumers split them"),
+        "batch_size": _rabbit(binding, "producer", "batchSize", int, 100,
+                              "With batchingEnabled: messages a batch"),
+        "batch_buffer_limit": _rabbit(binding, "producer", "batchBufferLimit", int, 10000,
+                                      "With batchingEnabled: bytes a batch (4 a message for its length included); "
+                                      "a message alone may be larger"),
+        "batch_timeout": _rabbit(binding, "producer", "batchTimeout", int, 5000,
+                                 "With batchingEnabled: the longest a batch stays open, ms; here a batch is also "
+                                 "published when the loop flushes (each poll), before its input is acknowledged"),
     }
 
 
@@ -178,7 +189,8 @@ def unsupported(properties: Properties) -> list[str]:
     """The ``spring.cloud.stream.rabbit.*`` properties set that this binder does not read (a warning names them)."""
     known = {canonical(prop.name.split(f".{side}.", 1)[1])
              for side in ("consumer", "producer") for prop in queue_properties("x", side).values()}
-    known |= {canonical(key) for key in ("prefetch", "enableBatching", "batchSize", "receiveTimeout")}
+    known |= {canonical(key) for key in ("prefetch", "enableBatching", "batchSize", "receiveTimeout", "batchingEnabled",
+                                                 "batchBufferLimit", "batchTimeout")}
     found = []
     for key in properties.subtree("spring.cloud.stream.rabbit", as_written=True):
         parts = canonical(key).split(".")

@@ -1,4 +1,5 @@
-"""Consuming on RabbitMQ: a queue is a partition, a delivery tag an offset, a commit one ``multiple`` ack."""
+"""Consuming on RabbitMQ: a queue is a partition, its records numbered as they come (each delivery's tag while no
+Spring AMQP batch arrives: a batch takes one number a message in it), a commit one ``multiple`` ack."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, NamedTuple
 
 from pika.exceptions import AMQPError
 
+from .amqp_batches import BATCH_HEADERS, BatchFormatError, is_batch, split
 from .amqp_values import Native, text
 from .bindings import INSTANCE_COUNT, INSTANCE_INDEX
 from .headers import CONTENT_TYPE, UnreadableHeaders
@@ -18,7 +20,7 @@ MAX_BATCH = 1000  # deliveries one poll hands the loop (measured: 500 cost 15 % 
 
 
 class Record(NamedTuple):
-    """One delivery, in the shape the loop reads: the tag is the offset, the routing key the key."""
+    """One message, in the shape the loop reads: its number is the offset, the routing key the key."""
 
     topic: str
     partition: int
@@ -41,7 +43,9 @@ class Consumer:
         self.channels: dict[tuple[str, int], Any] = {}
         self.generation = -1
         self.buffered: dict[tuple[str, int], deque[Record]] = {}
-        self.unacked: dict[tuple[str, int], deque[int]] = {}  # delivery tags not acknowledged, in order
+        # Deliveries not acknowledged, in order: (tag, first offset, end offset); a batch's messages share one.
+        self.unacked: dict[tuple[str, int], deque[tuple[int, int, int]]] = {}
+        self.numbered: dict[tuple[str, int], int] = {}  # the next offset of each queue (its channel's)
         self.paused: set[tuple[str, int]] = set()
         self.cancelled: list[str] = []  # queues whose consumer the broker cancelled (the queue was deleted)
         self.queues: dict[tuple[str, int], str] = {}
@@ -74,24 +78,35 @@ class Consumer:
             channel.basic_consume(queue, self._on_message(tp))
             channel.add_on_cancel_callback(lambda _frame, queue=queue: self.cancelled.append(queue))
             self.channels[tp] = channel
-            self.buffered[tp], self.unacked[tp] = deque(), deque()
+            self.buffered[tp], self.unacked[tp], self.numbered[tp] = deque(), deque(), 1
         self.assigned(list(self.queues))
 
     def _on_message(self, tp: tuple[str, int]) -> Callable[..., None]:
         destination, index = tp
 
         def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
-            tag = method.delivery_tag
+            tag, first = method.delivery_tag, self.numbered[tp]
             try:
                 headers = _headers(properties)
             except Exception as error:  # noqa: BLE001 - no message may end the loop: its error path instead
-                headers = UnreadableHeaders(f"message {destination}-{index}@{tag} has properties that cannot be "
+                headers = UnreadableHeaders(f"message {destination}-{index}@{first} has properties that cannot be "
                                             f"read: {describe(error)}")
             key = method.routing_key
+            key = key if isinstance(key, bytes) else str(key).encode("utf-8", "replace")
             stamp = _stamp(properties.timestamp)
-            self.buffered[tp].append(Record(destination, index, tag, key if isinstance(key, bytes) else
-                                            str(key).encode("utf-8", "replace"), body, headers, stamp, -1))
-            self.unacked[tp].append(tag)
+            bodies = [body]
+            if not isinstance(headers, UnreadableHeaders) and is_batch(properties.headers, text):
+                try:
+                    bodies = split(body)
+                    headers = [(k, v) for k, v in headers if k not in BATCH_HEADERS]
+                except BatchFormatError as error:  # the AMQP message as it came takes the error path
+                    headers = UnreadableHeaders(f"message {destination}-{index}@{first}: {error}", kept=headers)
+            buffered = self.buffered[tp]
+            for offset, payload in enumerate(bodies, first):
+                buffered.append(Record(destination, index, offset, key, payload,
+                                       headers if len(bodies) == 1 else list(headers), stamp, -1))
+            self.numbered[tp] = first + len(bodies)
+            self.unacked[tp].append((tag, first, first + len(bodies)))
 
         return on_message
 
@@ -154,15 +169,15 @@ class Consumer:
         return batch
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> str | None:
-        """Acknowledge every delivery below each offset (one ``multiple`` ack a queue)."""
+        """Acknowledge every delivery whose messages are all below each offset (one ``multiple`` ack a queue)."""
         if self.generation != self.client.connection.generation:
             return "the connection was lost: the broker delivers the messages again"
         try:
             for tp, offset in offsets.items():
-                tags = self.unacked.get(tp)
+                unacked = self.unacked.get(tp)
                 last = None
-                while tags and tags[0] < offset:
-                    last = tags.popleft()
+                while unacked and unacked[0][2] <= offset:
+                    last = unacked.popleft()[0]
                 if last is not None:
                     self.channels[tp].basic_ack(last, multiple=True)
         except (AMQPError, OSError) as error:
@@ -170,30 +185,34 @@ class Consumer:
             return describe(error)
         return None
 
-    def reject(self, tp: tuple[str, int], tag: int) -> None:
-        """Reject one delivery without requeue: the broker dead-letters it through the queue's arguments."""
+    def reject(self, tp: tuple[str, int], offset: int) -> None:
+        """Reject the delivery holding ``offset`` without requeue: the broker dead-letters it through the queue's
+        arguments (a Spring AMQP batch whole, its other messages included)."""
         if self.generation != self.client.connection.generation:
             raise SendError("the connection was lost: the broker delivers the message again")
-        tags = self.unacked.get(tp)
-        if tags and tag in tags:
-            try:
-                self.channels[tp].basic_reject(tag, requeue=False)
-            except (AMQPError, OSError) as error:
-                self.client.connection.lost(error)
-                raise SendError(describe(error)) from None
-            tags.remove(tag)
+        unacked = self.unacked.get(tp, deque())
+        for delivery in unacked:
+            if delivery[1] <= offset < delivery[2]:
+                try:
+                    self.channels[tp].basic_reject(delivery[0], requeue=False)
+                except (AMQPError, OSError) as error:
+                    self.client.connection.lost(error)
+                    raise SendError(describe(error)) from None
+                unacked.remove(delivery)
+                return
 
     def seek(self, tp: tuple[str, int], offset: int) -> None:
-        """Requeue every unacknowledged delivery from ``offset`` on: the broker delivers them again."""
+        """Requeue every unacknowledged delivery holding ``offset`` or later: the broker delivers them again (a
+        Spring AMQP batch whole: its messages before ``offset`` come again too)."""
         if self.generation != self.client.connection.generation:
             return
-        tags, kept = self.unacked.get(tp, deque()), deque()
+        unacked, kept = self.unacked.get(tp, deque()), deque()
         try:
-            for tag in tags:
-                if tag >= offset:
-                    self.channels[tp].basic_nack(tag, multiple=False, requeue=True)
+            for delivery in unacked:
+                if delivery[2] > offset:
+                    self.channels[tp].basic_nack(delivery[0], multiple=False, requeue=True)
                 else:
-                    kept.append(tag)
+                    kept.append(delivery)
         except (AMQPError, OSError) as error:
             self.client.connection.lost(error)
             return

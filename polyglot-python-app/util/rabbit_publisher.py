@@ -1,4 +1,5 @@
-"""Publishing on RabbitMQ: the confirmed channel, an output binding's exchange, and the input's dead letters."""
+"""Publishing on RabbitMQ: the confirmed channel, an output binding's exchange (Spring AMQP batches when
+``batchingEnabled``), and the input's dead letters."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from typing import Any
 import pika
 from pika.exceptions import AMQPChannelError, AMQPConnectionError, AMQPError
 
+from .amqp_batches import Batch, Batcher
 from .amqp_values import Native, text
 from .bindings import output_properties
 from .dead_letter import TRACE_MARGIN, copied_headers, kafka_headers, record_size, stack_trace
 from .headers import CONTENT_TYPE, TYPES_HEADER
-from .rabbit_connection import Connection, RecordError, SendError, describe
+from .rabbit_config import producer_properties
+from .rabbit_connection import Connection, RecordError, SendError, describe, within
 
 ORIGIN_HEADERS = ("x-original-topic", "x-original-partition", "x-original-offset", "x-original-timestamp",
                   "x-original-timestamp-type", "x-exception-fqcn")
@@ -117,7 +120,11 @@ class Publisher:
             self.connection.pump(min(left, 0.05))
         return True
 
-    def outcome(self, handle: tuple[int, int]) -> Exception | None:
+    def outcome(self, handle: tuple[int, int] | Batch) -> Exception | None:
+        if isinstance(handle, Batch):  # a message sent in a Spring AMQP batch: the batch's publish
+            if handle.error is not None or handle.sent is None:
+                return handle.error or SendError("the batch it was in was not published")
+            handle = handle.sent
         epoch, seq = handle
         if epoch != self.epoch:
             return SendError(self.closed_why)
@@ -137,12 +144,15 @@ class Publisher:
 
 
 class Producer:
-    """An output binding's exchange: persistent publishes, the routing key its destination (and partition)."""
+    """An output binding's exchange: persistent publishes, the routing key its destination (and partition); with
+    ``batchingEnabled``, Spring AMQP batches, each published once full, stale, or at the flush (so the input is
+    acknowledged only once the batches holding its outputs are confirmed)."""
 
     def __init__(self, client: Any, binding: str) -> None:
         self.client, self.publisher = client, client.publisher
         self.max_request_size = max(0, client.connection.frame_max - FRAME_HEADROOM) + 1024
         self.count = client.properties.get(output_properties(binding)["partition_count"])
+        self.batcher = _batcher(client.properties, binding, self.publisher.publish)
 
     def partition_count(self, topic: str) -> int:
         return self.count
@@ -151,12 +161,18 @@ class Producer:
              partition: int | None) -> Any:
         properties, _ = _properties(headers)
         routing_key = topic if partition is None else f"{topic}-{partition}"
+        if self.batcher is not None:
+            return self.batcher.add(topic, routing_key, value or b"", properties)
         return self.publisher.publish(topic, routing_key, value or b"", properties)
 
     def quick(self, topic: str, value: bytes | None, headers: Sequence[tuple[str, Any]] | None) -> Any:
+        if self.batcher is not None:
+            return self.batcher.add(topic, topic, value or b"", _properties(headers)[0])
         return self.publisher.publish(topic, topic, value or b"", _properties(headers)[0])
 
     def flush(self, seconds: float) -> bool:
+        if self.batcher is not None:
+            self.batcher.release_all()
         return self.publisher.flush(seconds)
 
     def settled(self) -> bool:
@@ -205,6 +221,18 @@ class RabbitDeadLetters:
 
     def close(self, seconds: float) -> None:
         self.client.close()
+
+
+def _batcher(properties: Any, binding: str, publish: Any) -> Batcher | None:
+    """The output's Spring AMQP batching (``batchingEnabled``, ``batchSize``, ``batchBufferLimit``,
+    ``batchTimeout``), or None."""
+    declared = producer_properties(binding)
+    if not properties.get(declared["batching_enabled"]):
+        return None
+    size = within(properties.get(declared["batch_size"]), declared["batch_size"].name, 1, 1 << 20)
+    limit = within(properties.get(declared["batch_buffer_limit"]), declared["batch_buffer_limit"].name, 1, 1 << 30)
+    timeout = within(properties.get(declared["batch_timeout"]), declared["batch_timeout"].name, 0, 1 << 31)
+    return Batcher(size, limit, timeout / 1000, publish)
 
 
 def _properties(headers: Sequence[tuple[str, Any]] | None) -> tuple[pika.BasicProperties, dict[str, Any]]:

@@ -18,11 +18,12 @@ TRACE_MARGIN = 512  # what a copy's stack trace leaves of the producer's largest
 
 
 def copied_headers(record: Any, null: bytes | None) -> list[tuple[str, bytes | None]]:
-    """The record's headers for its copy (a null value as ``null``); none when the client could not read them."""
+    """The record's headers for its copy (a null value as ``null``); when the client could not read them, those it
+    kept (none unless it says)."""
     try:
         return [(k, null if v is None else v) for k, v in record.headers]
-    except UnreadableRecordError:  # what the client could not decode cannot be copied: the record without them
-        return []
+    except UnreadableRecordError:  # what the client could not decode cannot be copied: the headers it kept, if any
+        return [(k, null if v is None else v) for k, v in record.headers.kept]
 
 
 def record_size(record: Any, headers: Sequence[tuple[str, bytes | None]]) -> int:

@@ -1,8 +1,9 @@
 """The RabbitMQ transport (pika): its client, which declares Spring's exchanges and queues (arguments: rabbit_config).
 
-The loop's operations on AMQP: a queue is a partition (``(destination, index)``), a delivery tag is an
-offset, a commit acknowledges every delivery below it (``multiple``), a seek requeues every unacknowledged
-delivery from it on, a pause holds deliveries back (``rabbit_consumer.py``). Sends are published persistent
+The loop's operations on AMQP: a queue is a partition (``(destination, index)``), a message's number in its
+channel is an offset (a Spring AMQP batch split into its messages takes one a message), a commit acknowledges
+every delivery below it (``multiple``), a seek requeues every unacknowledged delivery from it on, a pause holds
+deliveries back (``rabbit_consumer.py``). Sends are published persistent
 on one channel in confirm mode, confirms pipelined (``rabbit_publisher.py``). Everything runs in the loop's
 thread: pika's I/O happens in ``poll``, ``flush`` and ``commit``. A lost connection turns health DOWN;
 ``poll`` reconnects with back-off and declares everything again (``rabbit_connection.py``); the broker
@@ -139,9 +140,9 @@ class Client:
     def grow(self, topic: str, total: int) -> None:
         """Never called."""
 
-    def reject(self, tp: tuple[str, int], tag: int) -> None:
+    def reject(self, tp: tuple[str, int], offset: int) -> None:
         if self.consumer_ is not None:
-            self.consumer_.reject(tp, tag)
+            self.consumer_.reject(tp, offset)
 
     def close(self) -> None:
         connection = self.connection.connection
