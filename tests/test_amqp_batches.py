@@ -45,6 +45,12 @@ def spring_debatch(body: bytes) -> list[bytes]:
     return out
 
 
+def messages_of(properties: Any, body: bytes) -> list[bytes]:
+    """As a Spring consumer reads a message: split when it says it is a batch, else whole."""
+    batch = (properties.headers or {}).get("springBatchFormat") == "lengthHeader4"
+    return spring_debatch(body) if batch else [body]
+
+
 # -- the format ----------------------------------------------------------------------------------
 def test_split_reads_springs_layout_and_refuses_what_does_not_add_up() -> None:
     assert split(spring_batch([b"a", b"", b"ccc"])) == [b"a", b"", b"ccc"]
@@ -60,13 +66,16 @@ def test_a_batch_is_released_at_its_size_its_buffer_limit_or_before_it_would_ove
     class Props:
         headers: dict[str, Any] | None = None
 
+        def encode(self) -> list[bytes]:
+            return []
+
     published: list[tuple[str, str, bytes, Any]] = []
 
     def publish(exchange: str, key: str, body: bytes, properties: Any) -> int:
         published.append((exchange, key, body, properties))
         return len(published)
 
-    batcher = Batcher(3, 20, 60.0, publish)
+    batcher = Batcher(3, 20, 60.0, publish, lambda properties: properties.encode())
     handles = [batcher.add("x", "k", body, Props()) for body in (b"aaaa", b"bb", b"c")]  # 3 messages: released
     assert published[-1][2] == spring_batch([b"aaaa", b"bb", b"c"])
     assert published[-1][3].headers == {"springBatchFormat": "lengthHeader4", "amqp_batchSize": 3}
@@ -156,16 +165,16 @@ def test_batching_enabled_publishes_spring_batches_that_spring_splits(
     orders = [json.dumps({"id": i, "amount": 10.0}).encode() for i in range(10)]
     rabbit.publish(source, orders, content_type="application/json")
     got = rabbit.read(f"{sink}.check", 3, settle=1.0)  # 10 invoices in batches of at most 4
-    invoices = [json.loads(body) for _, _, b in got for body in spring_debatch(b)]
+    invoices = [json.loads(body) for _, p, b in got for body in messages_of(p, b)]
     assert sorted(i["order"] for i in invoices) == list(range(10))
     for _, properties, body in got:
-        count = len(spring_debatch(body))
+        count = len(messages_of(properties, body))
         assert count <= 4
         if count > 1:
             assert properties.headers["springBatchFormat"] == "lengthHeader4"
             assert properties.headers["amqp_batchSize"] == count
         assert properties.content_type == "application/json"  # the first message's properties
-    assert max(len(spring_debatch(body)) for _, _, body in got) > 1
+    assert max(len(messages_of(p, body)) for _, p, body in got) > 1
     assert app.stop() == 0
 
 
@@ -183,3 +192,24 @@ def test_a_python_consumer_reads_what_a_batching_python_producer_sends(
     got = rabbit.read(f"{sink}.check", len(values), settle=1.0)
     assert sorted(body for _, _, body in got) == values  # reversed twice, each once
     assert first.stop() == 0 and second.stop() == 0
+
+
+@pytest.mark.parametrize("batching", [False, True])
+def test_a_message_amqp_cannot_carry_goes_to_the_dlq_and_the_others_flow(
+        start_rabbit_app: Callable[..., App], rabbit: Rabbit, names: Callable[[str], str], batching: bool) -> None:
+    """A header key over AMQP's 255 bytes: pika refuses to encode it; that record is dead-lettered (with batching:
+    refused before it opens a batch, whose first message's properties the batch is sent with), the rest flow."""
+    source, sink, group = names("in"), names("out"), names("g")
+    rabbit.declare_group(sink, "check")
+    app = start_rabbit_app("shapes", source, {"output": sink}, DLQ, *FAST_RETRY,
+                           f"{PRODUCER}.batchingEnabled={str(batching).lower()}", f"{PRODUCER}.batchSize=2",
+                           group=group)
+    app.wait_for_log("Consuming")
+    rabbit.publish(source, [b"long-key", b"text", b"text", b"text"])
+    got = rabbit.read(f"{sink}.check", 2 if batching else 3, settle=1.0)
+    assert [t for _, p, body in got for t in messages_of(p, body)] == [b"t\xc3\xabxt"] * 3
+    dead = rabbit.read(f"{source}.{group}.dlq", 1, settle=1.0)
+    assert [body for _, _, body in dead] == [b"long-key"]
+    assert "a name over 255 bytes" in dead[0][1].headers["x-exception-message"]
+    assert app.stop() == 0
+    assert rabbit.depth(f"{source}.{group}") == 0

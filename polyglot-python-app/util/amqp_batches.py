@@ -71,14 +71,19 @@ class Batch:
 
 class Batcher:
     """An output's open batches, one per exchange and routing key (Spring's strategy takes one at a time and
-    fails on another; here each fills on its own). ``publish(exchange, key, body, properties)`` sends one."""
+    fails on another; here each fills on its own). ``publish(exchange, key, body, properties)`` sends one;
+    ``check(properties)`` raises RecordError when the properties of a batch's first message cannot be sent (the
+    other messages' are not)."""
 
-    def __init__(self, size: int, limit: int, timeout: float, publish: Callable[[str, str, bytes, Any], Any]) -> None:
-        self.size, self.limit, self.timeout, self.publish = size, limit, timeout, publish
+    def __init__(self, size: int, limit: int, timeout: float, publish: Callable[[str, str, bytes, Any], Any],
+                 check: Callable[[Any], None]) -> None:
+        self.size, self.limit, self.timeout, self.publish, self.check = size, limit, timeout, publish, check
         self.open: dict[tuple[str, str], Batch] = {}
+        self.failed = False  # a batch's publish raised since the producer last said whether all were settled
 
     def add(self, exchange: str, routing_key: str, body: bytes, properties: Any) -> Batch:
-        """Queue a message; the batch it joined is its handle (published when full, stale or flushed)."""
+        """Queue a message; the batch it joined is its handle (published when full, stale or flushed). Raises
+        RecordError when it would open a batch its properties cannot be sent with."""
         where = (exchange, routing_key)
         batch = self.open.get(where)
         use = 4 + len(body)
@@ -86,6 +91,7 @@ class Batcher:
             self._release(self.open.pop(where))
             batch = None
         if batch is None:
+            self.check(properties)
             batch = self.open[where] = Batch(exchange, routing_key, properties)
         batch.bodies.append(body)
         batch.size += use
@@ -116,4 +122,4 @@ class Batcher:
         try:
             batch.sent = self.publish(batch.exchange, batch.routing_key, body, properties)
         except (SendError, RecordError) as error:  # every message of it fails with it, read through its handle
-            batch.error = error
+            batch.error, self.failed = error, True

@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import pika
-from pika.exceptions import AMQPChannelError, AMQPConnectionError, AMQPError
+from pika.exceptions import (
+    AMQPChannelError,
+    AMQPConnectionError,
+    AMQPError,
+    ShortStringTooLong,
+    UnsupportedAMQPFieldException,
+)
 
 from .amqp_batches import Batch, Batcher
 from .amqp_values import Native, text
@@ -24,6 +30,25 @@ from .rabbit_connection import Connection, RecordError, SendError, describe, wit
 ORIGIN_HEADERS = ("x-original-topic", "x-original-partition", "x-original-offset", "x-original-timestamp",
                   "x-original-timestamp-type", "x-exception-fqcn")
 FRAME_HEADROOM = 20_000  # Spring's frameMaxHeadroom: what a dead letter's stack trace leaves of frame_max
+
+
+# What pika raises for a message it cannot encode (a name over AMQP's 255 bytes, a value of no AMQP type, ...).
+UNENCODABLE = (ShortStringTooLong, UnsupportedAMQPFieldException, TypeError, ValueError, AssertionError,
+               OverflowError, struct.error)
+
+
+def unencodable(error: BaseException) -> RecordError:
+    if isinstance(error, ShortStringTooLong):
+        return RecordError(f"message not encodable: a name over 255 bytes ({str(error)[:60]}...)")
+    return RecordError(f"message not encodable: {str(error)[:200]}")
+
+
+def check_encodable(properties: pika.BasicProperties) -> None:
+    """RecordError unless pika can encode the properties (the ones a Spring AMQP batch is published with)."""
+    try:
+        properties.encode()
+    except UNENCODABLE as error:
+        raise unencodable(error) from None
 
 
 class Publisher:
@@ -67,8 +92,8 @@ class Publisher:
         channel = self._open()
         try:
             channel.basic_publish(exchange, routing_key, body, properties)
-        except (TypeError, ValueError, AssertionError, OverflowError, struct.error) as error:  # pika cannot encode it
-            raise RecordError(f"message not encodable: {error}") from None
+        except UNENCODABLE as error:
+            raise unencodable(error) from None
         except AMQPChannelError as error:
             self._closed(error)
             raise SendError(describe(error)) from None
@@ -176,7 +201,11 @@ class Producer:
         return self.publisher.flush(seconds)
 
     def settled(self) -> bool:
-        return self.publisher.settled()
+        """No send refused this round: a batch whose publish raised (a header pika cannot encode) counts too."""
+        failed = self.batcher is not None and self.batcher.failed
+        if failed:
+            self.batcher.failed = False
+        return self.publisher.settled() and not failed
 
     def close(self, seconds: float) -> None:  # pika's close takes no timeout: the watchdog bounds it
         """Everything was flushed: close the connection (the consumer's close closes it too)."""
@@ -232,7 +261,7 @@ def _batcher(properties: Any, binding: str, publish: Any) -> Batcher | None:
     size = within(properties.get(declared["batch_size"]), declared["batch_size"].name, 1, 1 << 20)
     limit = within(properties.get(declared["batch_buffer_limit"]), declared["batch_buffer_limit"].name, 1, 1 << 30)
     timeout = within(properties.get(declared["batch_timeout"]), declared["batch_timeout"].name, 0, 1 << 31)
-    return Batcher(size, limit, timeout / 1000, publish)
+    return Batcher(size, limit, timeout / 1000, publish, check_encodable)
 
 
 def _properties(headers: Sequence[tuple[str, Any]] | None) -> tuple[pika.BasicProperties, dict[str, Any]]:

@@ -13,7 +13,8 @@ class Point:
 
 def shape(text: str) -> object:
     return {"bytes": b"\x00raw", "text": "tëxt", "json": {"k": [1, "é"]}, "number": 2.5, "point": Point(1, 2),
-            "none": None, "message": Message(b"<m/>", (), "application/xml")}[text]
+            "none": None, "message": Message(b"<m/>", (), "application/xml"),
+            "long-key": Message(b"k", (("k" * 300, b"v"),), "text/plain")}[text]
 
 
 if __name__ == "__main__":
