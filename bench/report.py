@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench import batch_rows
+
 CLIENTS = ("librdkafka", "kafka-python")
 DEFAULT = CLIENTS[0]
 
@@ -39,6 +41,8 @@ def targets(r: dict[str, Any]) -> list[tuple[str, float, str, float | None]]:
           "pika bare loop without confirms (RabbitMQ)", ">=", 0.9)
     ratio("router (RabbitMQ) / pika bare loop without confirms", "router (RabbitMQ)",
           "pika bare loop without confirms (RabbitMQ)", ">=", None)
+    for name, top, bottom, goal in batch_rows.RATIOS:
+        ratio(name, top, bottom, ">=", goal)
     for client, latency in r["latency_ms"].items():
         found.append((f"p99 latency at 100 records/s, {client} (ms)", latency["p99"], "<=", 20))
     rabbit_figures = r.get("rabbit", {})

@@ -33,8 +33,8 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from bench import rabbit
-from bench.cpu import cpu_snapshot, cpu_taken
+from bench import batch_rows, rabbit
+from bench.footprint import cpu_snapshot, cpu_taken, image_sizes, peak_rss_mb
 from bench.report import CLIENTS, DEFAULT, chart, markdown, met, targets
 from devkit.apps import App, http_get
 from devkit.tansu import Tansu, free_port
@@ -54,10 +54,9 @@ LATENCY_RATE, LATENCY_RECORDS = 100, 1000
 FAST_GROUPS = ["--spring.cloud.stream.kafka.binder.consumerProperties.session.timeout.ms=6000",
                "--spring.cloud.stream.kafka.binder.consumerProperties.heartbeat.interval.ms=2000"]
 SCRIPTS = {"processor": "polyglot-python-processor/python_processor.py",
-           "router": "polyglot-python-app/python_router_app.py"}
+           "router": "polyglot-python-app/python_router_app.py", **batch_rows.STEPS}
 # Tansu answers a waiting fetch only when this expires (Kafka answers when data arrives): see notes.json.
 TUNED_FETCH_WAIT = "--spring.cloud.stream.kafka.binder.consumerProperties.fetch.max.wait.ms=10"
-IMAGES = ("polyglot-python-processor", "polyglot-python-app", "polyglot-python-task")
 
 
 def value(i: int) -> str:
@@ -96,8 +95,10 @@ class Bench:
             admin.close()
         return topic
 
-    def produce(self, topic: str, partitions: int = PARTITIONS) -> None:
-        """RECORDS values, an equal share on each of the topic's partitions, each with a raw text/plain contentType.
+    def produce(self, topic: str, partitions: int = PARTITIONS, render: Callable[[int], str] = value,
+                content_type: str = "text/plain") -> None:
+        """RECORDS values (``render(i)``), an equal share on each of the topic's partitions, each with a raw
+        ``contentType`` header.
 
         One kcat a partition, all at once: left to its sticky partitioner, one kcat put anywhere from 1 to 98,000
         of 200,000 records on one partition, and one of two instances had next to nothing to do.
@@ -105,14 +106,14 @@ class Bench:
         share = -(-RECORDS // partitions)
         producers = []
         for partition in range(partitions):
-            lines = self.workdir / f"input-{partition}-of-{partitions}.txt"
+            lines = self.workdir / f"input-{render.__name__}-{partition}-of-{partitions}.txt"
             if not lines.exists():
-                lines.write_text("".join(value(i) + "\n" for i in range(partition * share,
+                lines.write_text("".join(render(i) + "\n" for i in range(partition * share,
                                                                        min(RECORDS, (partition + 1) * share))))
             with lines.open("rb") as source:
                 producers.append(subprocess.Popen(
                     ["kcat", "-b", self.broker.bootstrap, "-q", "-P", "-t", topic, "-p", str(partition), "-H",
-                     "contentType=text/plain", "-X", "linger.ms=5"], env=self.kcat_env, stdin=source,
+                     f"contentType={content_type}", "-X", "linger.ms=5"], env=self.kcat_env, stdin=source,
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         for producer in producers:
             _, error = producer.communicate(timeout=300)
@@ -137,12 +138,16 @@ class Bench:
         args = ["--server.port=0", "--reversestring=true", f"--spring.cloud.stream.kafka.binder.client={client}",
                 *FAST_GROUPS, *extra,
                 *(f"--spring.cloud.stream.bindings.{key}={value}" for key, value in bindings.items())]
-        return App(str(root / SCRIPTS[kind]), args, {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": self.broker.bootstrap},
-                   self.workdir / f"{group}.log")
+        env = {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": self.broker.bootstrap}
+        if kind in batch_rows.STEPS:  # a step of bench/steps runs on the processor's util, as a user's step does
+            env["PYTHONPATH"] = str(root / batch_rows.UTIL)
+        return App(str(root / SCRIPTS[kind]), args, env, self.workdir / f"{group}.log")
 
     # -- the measurements ---------------------------------------------------------------------------
-    def run_app(self, kind: str, source: str, client: str = DEFAULT, root: Path = ROOT) -> tuple[float, float]:
-        """Throughput of one app instance over the prepared input, and its peak RSS in MB."""
+    def run_app(self, kind: str, source: str, client: str = DEFAULT, root: Path = ROOT,
+                extra: tuple[str, ...] = ()) -> tuple[float, float]:
+        """Throughput of one app instance over the prepared input (``extra``: its own arguments), and its peak RSS
+        in MB."""
         if kind == "router":
             sinks = {"even": self.sink(), "odd": self.sink()}
             outputs = {sinks["even"]: (RECORDS + 1) // 2, sinks["odd"]: RECORDS // 2}
@@ -150,11 +155,11 @@ class Bench:
             sinks = {"output": self.sink()}
             outputs = {sinks["output"]: RECORDS}
         group = self.name("group")
-        app = self.app(kind, source, sinks, group, client=client, root=root)
+        app = self.app(kind, source, sinks, group, *extra, client=client, root=root)
         spy = _profile(app.process.pid, f"{kind}-{client}-{'baseline' if root != ROOT else 'head'}-{group}")
         try:
             rate = self.throughput(outputs)
-            rss = _peak_rss_mb(app.process.pid)
+            rss = peak_rss_mb(app.process.pid)
             app.stop()
         finally:
             app.kill()
@@ -280,11 +285,6 @@ def _latest_assignment(app: App) -> str:
     return lines[-1] if lines else ""
 
 
-def _peak_rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
-
-
 def _librdkafka_dir(workdir: Path) -> Path:
     """Debian's kcat is too old for Tansu; the librdkafka of the confluent-kafka wheel is not."""
     import confluent_kafka
@@ -295,18 +295,6 @@ def _librdkafka_dir(workdir: Path) -> Path:
     folder.mkdir(exist_ok=True)
     (folder / "librdkafka.so.1").symlink_to(library)
     return folder
-
-
-def _image_sizes() -> dict[str, float]:
-    if shutil.which("podman") is None:
-        return {}
-    sizes = {}
-    for image in IMAGES:
-        done = subprocess.run(["podman", "image", "inspect", "--format", "{{.Size}}",
-                               f"localhost/polyglot/{image}:test"], capture_output=True, text=True, check=False)
-        if done.returncode == 0:
-            sizes[image] = int(done.stdout.strip()) / 1e6
-    return sizes
 
 
 def summary(runs: list[float]) -> dict[str, Any]:
@@ -340,9 +328,10 @@ def measure() -> dict[str, Any]:
                     return rate
                 return run
 
-            def loop(name: str, script: str, python: Path | str = sys.executable) -> None:
+            def loop(name: str, script: str, python: Path | str = sys.executable,
+                     topic: Callable[[], str] = lambda: source) -> None:
                 def run() -> float:
-                    rate, report = bench.run_script(script, source, python)
+                    rate, report = bench.run_script(script, topic(), python)
                     if report is not None:
                         stalls.setdefault(name, []).append(report)
                         print(f"  {name}: {report['stalls']} stalls, {report['waits']} waits", flush=True)
@@ -369,6 +358,7 @@ def measure() -> dict[str, Any]:
                     repeat(f"processor ({client}) @ baseline", app("processor", client, BASELINE))
             for client in CLIENTS:
                 repeat(f"router ({client})", app("router", client))
+            batch_rows.kafka_rows(bench, source, repeat, loop)
             loop("naive seed loop (as shipped)", "naive.py", SEED_PYTHON)
             scale_out(1)
             scale_out(2)
@@ -394,7 +384,7 @@ def measure() -> dict[str, Any]:
         "peak_rss_mb": {client: summary(peaks) for client, peaks in rss.items()},
         "rabbit": rabbit_figures,
         "startup_s": summary(startups),
-        "image_mb": _image_sizes(),
+        "image_mb": image_sizes(),
     }
 
 

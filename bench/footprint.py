@@ -1,13 +1,16 @@
-"""CPU taken by each thread of each process of a run, read from /proc: for the scale-out rows of ``make bench``."""
+"""What the recipes take of the machine: CPU by thread and peak RSS (read from /proc), image sizes (podman)."""
 
 from __future__ import annotations
 
 import os
 import resource
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+IMAGES = ("polyglot-python-processor", "polyglot-python-app", "polyglot-python-task")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -46,3 +49,20 @@ def cpu_taken(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
                           "threads": sorted(threads, key=lambda thread: -thread["cpu_s"])})
     return {"window_s": round(after["at"] - before["at"], 3), "instances": instances,
             **{part: round(after[part] - before[part], 2) for part in ("broker", "kcat", "bench")}}
+
+
+def peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+
+
+def image_sizes() -> dict[str, float]:
+    if shutil.which("podman") is None:
+        return {}
+    sizes = {}
+    for image in IMAGES:
+        done = subprocess.run(["podman", "image", "inspect", "--format", "{{.Size}}",
+                               f"localhost/polyglot/{image}:test"], capture_output=True, text=True, check=False)
+        if done.returncode == 0:
+            sizes[image] = int(done.stdout.strip()) / 1e6
+    return sizes
