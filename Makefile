@@ -44,7 +44,7 @@ images:
 push:
 	@for recipe in $(RECIPES); do $(CONTAINER_ENGINE) push $(IMAGE_PREFIX)/$$recipe:$(TAG) || exit 1; done
 
-# About ten minutes on 2 cores; writes bench/results/latest.{md,json,png}.
+# About twelve minutes on 2 cores; writes bench/results/latest.{md,json,png}.
 bench: $(STAMP) $(VENV)/.bench $(SEED_VENV)/.installed
 	$(PY) -m bench.run
 

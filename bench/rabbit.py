@@ -1,4 +1,4 @@
-"""The RabbitMQ rows of ``make bench``: the processor and the router against bare pika loops, on one node."""
+"""The RabbitMQ rows of ``make bench``: the processor, in batch mode too, and the router against bare pika loops."""
 
 from __future__ import annotations
 
@@ -13,12 +13,16 @@ from typing import Any
 
 import pika
 
+from bench.batch_rows import BATCH_RABBIT_ROW, RABBIT_BATCHING, STEPS, UTIL
+from bench.footprint import peak_rss_mb
 from devkit.apps import App
 from devkit.rabbitmq import RabbitMQ
 from devkit.waiting import wait_for
 
 LATENCY_RATE, LATENCY_RECORDS = 100, 1000
 CONFIRM_EACH_RECORDS = 20_000  # about 1,300 messages/s: the whole input would take minutes a run
+SCRIPTS = {"processor": "polyglot-python-processor/python_processor.py",
+           "router": "polyglot-python-app/python_router_app.py", "batch": STEPS["batch"]}
 
 
 class RabbitBench:
@@ -87,29 +91,30 @@ class RabbitBench:
             process.kill()
             process.wait(30)
 
-    def _app(self, script: str, source: str, sinks: dict[str, str], group: str, log: str, root: Path) -> App:
+    def _app(self, script: str, source: str, sinks: dict[str, str], group: str, log: str, root: Path,
+             extra: tuple[str, ...] = ()) -> App:
         args = ["--server.port=0", "--reversestring=true", f"--spring.cloud.stream.bindings.input.destination={source}",
-                f"--spring.cloud.stream.bindings.input.group={group}",
+                f"--spring.cloud.stream.bindings.input.group={group}", *extra,
                 *(f"--spring.cloud.stream.bindings.{b}.destination={d}" for b, d in sinks.items())]
         env = {"SPRING_RABBITMQ_HOST": "127.0.0.1", "SPRING_RABBITMQ_PORT": str(self.server.port)}
+        if script.startswith("bench/steps/"):  # a step of bench/steps runs on the processor's util
+            env["PYTHONPATH"] = str(root / UTIL)
         return App(str(root / script), args, env, self.workdir / log)
 
-    def run_app(self, kind: str, root: Path | None = None) -> tuple[float, float]:
-        """Throughput of one app over a filled queue, and its peak RSS in MB."""
+    def run_app(self, kind: str, root: Path | None = None, extra: tuple[str, ...] = ()) -> tuple[float, float]:
+        """Throughput of one app over a filled queue (``extra``: its own arguments), and its peak RSS in MB."""
         root = root or self.root
         source = self._name("in")
         self._fill(source, "g", self.records)
         if kind == "router":
             sinks = {"even": self._name("even"), "odd": self._name("odd")}
-            script = "polyglot-python-app/python_router_app.py"
         else:
-            sinks, script = {"output": self._name("out")}, "polyglot-python-processor/python_processor.py"
+            sinks = {"output": self._name("out")}
         outputs = [self._group_queue(dest, "bench") for dest in sinks.values()]
-        app = self._app(script, source, sinks, "g", f"rabbit-{kind}-{self.serial}.log", root)
+        app = self._app(SCRIPTS[kind], source, sinks, "g", f"rabbit-{kind}-{self.serial}.log", root, extra)
         try:
             rate = self._rate(outputs, self.records)
-            status = Path(f"/proc/{app.process.pid}/status").read_text()
-            rss = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+            rss = peak_rss_mb(app.process.pid)
             app.stop()
             return rate, rss
         finally:
@@ -167,6 +172,7 @@ def measure(workdir: Path, root: Path, records: int, value: Callable[[int], str]
         repeat("processor (RabbitMQ)", processor)
         if baseline is not None and (baseline / "polyglot-python-processor" / "util" / "rabbit.py").exists():
             repeat("processor (RabbitMQ) @ baseline", lambda: bench.run_app("processor", baseline)[0])
+        repeat(BATCH_RABBIT_ROW, lambda: bench.run_app("batch", extra=RABBIT_BATCHING)[0])
         repeat("router (RabbitMQ)", lambda: bench.run_app("router")[0])
         latencies = bench.run_latency()
     finally:

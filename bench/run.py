@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -34,7 +33,9 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from bench import rabbit
+from bench import batch_rows, rabbit
+from bench.footprint import cpu_snapshot, cpu_taken, image_sizes, peak_rss_mb
+from bench.report import CLIENTS, DEFAULT, chart, markdown, met, targets
 from devkit.apps import App, http_get
 from devkit.tansu import Tansu, free_port
 from devkit.waiting import wait_for
@@ -46,8 +47,6 @@ REPS = int(os.environ.get("BENCH_REPS", "3"))
 ONLY = {name.strip() for name in os.environ.get("BENCH_ONLY", "").split(",") if name.strip()}
 BASELINE = Path(os.environ["BENCH_BASELINE"]).resolve() if os.environ.get("BENCH_BASELINE") else None
 PROFILE = Path(os.environ["BENCH_PROFILE"]).resolve() if os.environ.get("BENCH_PROFILE") else None
-CLIENTS = ("librdkafka", "kafka-python")
-DEFAULT = CLIENTS[0]
 # The seed's loop as it shipped: kafka-python from PyPI without crc32c, in a venv of its own (`make bench`).
 SEED_PYTHON = ROOT / ".venv-seed" / "bin" / "python"
 PARTITIONS = 4
@@ -55,10 +54,9 @@ LATENCY_RATE, LATENCY_RECORDS = 100, 1000
 FAST_GROUPS = ["--spring.cloud.stream.kafka.binder.consumerProperties.session.timeout.ms=6000",
                "--spring.cloud.stream.kafka.binder.consumerProperties.heartbeat.interval.ms=2000"]
 SCRIPTS = {"processor": "polyglot-python-processor/python_processor.py",
-           "router": "polyglot-python-app/python_router_app.py"}
+           "router": "polyglot-python-app/python_router_app.py", **batch_rows.STEPS}
 # Tansu answers a waiting fetch only when this expires (Kafka answers when data arrives): see notes.json.
 TUNED_FETCH_WAIT = "--spring.cloud.stream.kafka.binder.consumerProperties.fetch.max.wait.ms=10"
-IMAGES = ("polyglot-python-processor", "polyglot-python-app", "polyglot-python-task")
 
 
 def value(i: int) -> str:
@@ -97,8 +95,10 @@ class Bench:
             admin.close()
         return topic
 
-    def produce(self, topic: str, partitions: int = PARTITIONS) -> None:
-        """RECORDS values, an equal share on each of the topic's partitions, each with a raw text/plain contentType.
+    def produce(self, topic: str, partitions: int = PARTITIONS, render: Callable[[int], str] = value,
+                content_type: str = "text/plain") -> None:
+        """RECORDS values (``render(i)``), an equal share on each of the topic's partitions, each with a raw
+        ``contentType`` header.
 
         One kcat a partition, all at once: left to its sticky partitioner, one kcat put anywhere from 1 to 98,000
         of 200,000 records on one partition, and one of two instances had next to nothing to do.
@@ -106,14 +106,14 @@ class Bench:
         share = -(-RECORDS // partitions)
         producers = []
         for partition in range(partitions):
-            lines = self.workdir / f"input-{partition}-of-{partitions}.txt"
+            lines = self.workdir / f"input-{render.__name__}-{partition}-of-{partitions}.txt"
             if not lines.exists():
-                lines.write_text("".join(value(i) + "\n" for i in range(partition * share,
+                lines.write_text("".join(render(i) + "\n" for i in range(partition * share,
                                                                        min(RECORDS, (partition + 1) * share))))
             with lines.open("rb") as source:
                 producers.append(subprocess.Popen(
                     ["kcat", "-b", self.broker.bootstrap, "-q", "-P", "-t", topic, "-p", str(partition), "-H",
-                     "contentType=text/plain", "-X", "linger.ms=5"], env=self.kcat_env, stdin=source,
+                     f"contentType={content_type}", "-X", "linger.ms=5"], env=self.kcat_env, stdin=source,
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         for producer in producers:
             _, error = producer.communicate(timeout=300)
@@ -138,12 +138,16 @@ class Bench:
         args = ["--server.port=0", "--reversestring=true", f"--spring.cloud.stream.kafka.binder.client={client}",
                 *FAST_GROUPS, *extra,
                 *(f"--spring.cloud.stream.bindings.{key}={value}" for key, value in bindings.items())]
-        return App(str(root / SCRIPTS[kind]), args, {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": self.broker.bootstrap},
-                   self.workdir / f"{group}.log")
+        env = {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": self.broker.bootstrap}
+        if kind in batch_rows.STEPS:  # a step of bench/steps runs on the processor's util, as a user's step does
+            env["PYTHONPATH"] = str(root / batch_rows.UTIL)
+        return App(str(root / SCRIPTS[kind]), args, env, self.workdir / f"{group}.log")
 
     # -- the measurements ---------------------------------------------------------------------------
-    def run_app(self, kind: str, source: str, client: str = DEFAULT, root: Path = ROOT) -> tuple[float, float]:
-        """Throughput of one app instance over the prepared input, and its peak RSS in MB."""
+    def run_app(self, kind: str, source: str, client: str = DEFAULT, root: Path = ROOT,
+                extra: tuple[str, ...] = ()) -> tuple[float, float]:
+        """Throughput of one app instance over the prepared input (``extra``: its own arguments), and its peak RSS
+        in MB."""
         if kind == "router":
             sinks = {"even": self.sink(), "odd": self.sink()}
             outputs = {sinks["even"]: (RECORDS + 1) // 2, sinks["odd"]: RECORDS // 2}
@@ -151,11 +155,11 @@ class Bench:
             sinks = {"output": self.sink()}
             outputs = {sinks["output"]: RECORDS}
         group = self.name("group")
-        app = self.app(kind, source, sinks, group, client=client, root=root)
+        app = self.app(kind, source, sinks, group, *extra, client=client, root=root)
         spy = _profile(app.process.pid, f"{kind}-{client}-{'baseline' if root != ROOT else 'head'}-{group}")
         try:
             rate = self.throughput(outputs)
-            rss = _peak_rss_mb(app.process.pid)
+            rss = peak_rss_mb(app.process.pid)
             app.stop()
         finally:
             app.kill()
@@ -207,10 +211,10 @@ class Bench:
                 wait_for(lambda app=app: _latest_assignment(app).count(source) == PARTITIONS // instances, 60,
                          "an even share of partitions")
             pids = [app.process.pid for app in apps]
-            before = _cpu_snapshot(pids, self.broker.process.pid)
+            before = cpu_snapshot(pids, self.broker.process.pid)
             self.produce(source)
             rate = self.throughput({sink: RECORDS})
-            return rate, {**_cpu_taken(before, _cpu_snapshot(pids, self.broker.process.pid)),
+            return rate, {**cpu_taken(before, cpu_snapshot(pids, self.broker.process.pid)),
                           "output_s": round(RECORDS / rate, 3)}
         finally:
             for app in apps:
@@ -276,54 +280,9 @@ def _profile(pid: int, name: str) -> subprocess.Popen | None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(stat: Path) -> tuple[str, float]:
-    """A process's or thread's name and CPU seconds (user + system) from its /proc stat file."""
-    text = stat.read_text()
-    fields = text[text.rindex(")") + 2:].split()  # the name, in parentheses, may hold spaces
-    return text[text.index("(") + 1:text.rindex(")")], (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def _cpu_snapshot(pids: list[int], broker: int) -> dict[str, Any]:
-    """The CPU each thread of each process in ``pids`` has taken so far, each process's total, the broker's, that
-    of this process's waited-for children (the kcat runs) and of this process, at one moment."""
-    instances = []
-    for pid in pids:
-        threads = {}
-        for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-            try:
-                threads[int(stat.parent.name)] = _cpu_seconds(stat)
-            except (OSError, ValueError):  # a thread that ended meanwhile: its time stays in the process total
-                continue
-        instances.append({"pid": pid, "total": _cpu_seconds(Path(f"/proc/{pid}/stat"))[1], "threads": threads})
-    children, own = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
-    return {"at": time.perf_counter(), "instances": instances, "broker": _cpu_seconds(Path(f"/proc/{broker}/stat"))[1],
-            "kcat": children.ru_utime + children.ru_stime, "bench": own.ru_utime + own.ru_stime}
-
-
-def _cpu_taken(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """CPU seconds taken between two snapshots: each thread by name (busiest first), each instance, the rest."""
-    instances = []
-    for first, last in zip(before["instances"], after["instances"], strict=True):
-        threads = [{"tid": tid, "name": name + (" (main)" if tid == last["pid"] else ""),
-                    "cpu_s": round(cpu - first["threads"].get(tid, (name, 0.0))[1], 2)}
-                   for tid, (name, cpu) in last["threads"].items()]
-        instances.append({"pid": last["pid"], "cpu_s": round(last["total"] - first["total"], 2),
-                          "threads": sorted(threads, key=lambda thread: -thread["cpu_s"])})
-    return {"window_s": round(after["at"] - before["at"], 3), "instances": instances,
-            **{part: round(after[part] - before[part], 2) for part in ("broker", "kcat", "bench")}}
-
-
 def _latest_assignment(app: App) -> str:
     lines = [line for line in app.log.splitlines() if "Partitions assigned:" in line]
     return lines[-1] if lines else ""
-
-
-def _peak_rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
 
 
 def _librdkafka_dir(workdir: Path) -> Path:
@@ -336,18 +295,6 @@ def _librdkafka_dir(workdir: Path) -> Path:
     folder.mkdir(exist_ok=True)
     (folder / "librdkafka.so.1").symlink_to(library)
     return folder
-
-
-def _image_sizes() -> dict[str, float]:
-    if shutil.which("podman") is None:
-        return {}
-    sizes = {}
-    for image in IMAGES:
-        done = subprocess.run(["podman", "image", "inspect", "--format", "{{.Size}}",
-                               f"localhost/polyglot/{image}:test"], capture_output=True, text=True, check=False)
-        if done.returncode == 0:
-            sizes[image] = int(done.stdout.strip()) / 1e6
-    return sizes
 
 
 def summary(runs: list[float]) -> dict[str, Any]:
@@ -381,9 +328,10 @@ def measure() -> dict[str, Any]:
                     return rate
                 return run
 
-            def loop(name: str, script: str, python: Path | str = sys.executable) -> None:
+            def loop(name: str, script: str, python: Path | str = sys.executable,
+                     topic: Callable[[], str] = lambda: source) -> None:
                 def run() -> float:
-                    rate, report = bench.run_script(script, source, python)
+                    rate, report = bench.run_script(script, topic(), python)
                     if report is not None:
                         stalls.setdefault(name, []).append(report)
                         print(f"  {name}: {report['stalls']} stalls, {report['waits']} waits", flush=True)
@@ -410,6 +358,7 @@ def measure() -> dict[str, Any]:
                     repeat(f"processor ({client}) @ baseline", app("processor", client, BASELINE))
             for client in CLIENTS:
                 repeat(f"router ({client})", app("router", client))
+            batch_rows.kafka_rows(bench, source, repeat, loop)
             loop("naive seed loop (as shipped)", "naive.py", SEED_PYTHON)
             scale_out(1)
             scale_out(2)
@@ -435,173 +384,12 @@ def measure() -> dict[str, Any]:
         "peak_rss_mb": {client: summary(peaks) for client, peaks in rss.items()},
         "rabbit": rabbit_figures,
         "startup_s": summary(startups),
-        "image_mb": _image_sizes(),
+        "image_mb": image_sizes(),
     }
 
 
 def _percentile(values: list[float], pct: float) -> float:
     return values[min(len(values) - 1, round(pct / 100 * (len(values) - 1)))]
-
-
-# Peak RSS goals of the processor by Kafka client (MB); RabbitMQ's is 45 too.
-RSS_GOALS_MB = {"librdkafka": 45, "kafka-python": 60}
-
-
-# name, measured value, comparison, target (None: reported only): reported against, never asserted.
-def targets(r: dict[str, Any]) -> list[tuple[str, float, str, float | None]]:
-    t = {name: v["median"] for name, v in r["throughput"].items()}
-    found: list[tuple[str, float, str, float | None]] = []
-
-    def ratio(name: str, top: str, bottom: str, comparison: str, goal: float | None) -> None:
-        if top in t and bottom in t:
-            found.append((name, t[top] / t[bottom], comparison, goal))
-
-    ratio("processor (librdkafka) / librdkafka at-least-once loop", "processor (librdkafka)",
-          "librdkafka at-least-once loop", ">=", 0.9)
-    ratio("router (librdkafka) / librdkafka at-least-once loop", "router (librdkafka)",
-          "librdkafka at-least-once loop", ">=", 0.8)
-    ratio("processor (librdkafka) / librdkafka bare loop", "processor (librdkafka)", "librdkafka bare loop",
-          ">=", None)
-    ratio("processor (kafka-python) / kafka-python at-least-once loop", "processor (kafka-python)",
-          "kafka-python at-least-once loop", ">=", 0.9)
-    ratio("processor (kafka-python) / kafka-python bare loop", "processor (kafka-python)", "kafka-python bare loop",
-          ">=", 0.7)
-    ratio("processor (librdkafka) / naive seed loop (as shipped)", "processor (librdkafka)",
-          "naive seed loop (as shipped)", ">=", 5)
-    ratio("2 instances / 1 instance", "scale-out, 2 instances", "scale-out, 1 instance", ">=", 1.5)
-    ratio("processor (RabbitMQ) with confirms / pika bare loop without confirms", "processor (RabbitMQ)",
-          "pika bare loop without confirms (RabbitMQ)", ">=", 0.9)
-    ratio("router (RabbitMQ) / pika bare loop without confirms", "router (RabbitMQ)",
-          "pika bare loop without confirms (RabbitMQ)", ">=", None)
-    for client, latency in r["latency_ms"].items():
-        found.append((f"p99 latency at 100 records/s, {client} (ms)", latency["p99"], "<=", 20))
-    rabbit_figures = r.get("rabbit", {})
-    if "p99" in rabbit_figures.get("latency_ms", {}):
-        found.append(("p99 latency at 100 messages/s, RabbitMQ (ms)", rabbit_figures["latency_ms"]["p99"], "<=", None))
-    if rabbit_figures.get("peak_rss_mb"):
-        found.append(("peak RSS of the processor, RabbitMQ (MB)", rabbit_figures["peak_rss_mb"]["max"], "<=", 45))
-    for client, peaks in r["peak_rss_mb"].items():
-        found.append((f"peak RSS of the processor, {client} (MB)", peaks["max"], "<=", RSS_GOALS_MB.get(client, 45)))
-    found.append(("start-up to health UP (s)", r["startup_s"]["median"], "<=", 0.5))
-    return found
-
-
-def met(value: float, comparison: str, target: float | None) -> bool:
-    return target is None or (value >= target if comparison == ">=" else value <= target)
-
-
-def markdown(r: dict[str, Any], notes: dict[str, str]) -> str:
-    lines = [f"# Benchmark results ({r['when']})", "",
-             f"{r['records']:,} records of {r['record_bytes']} bytes, {r['repetitions']} repetitions, one embedded "
-             f"Tansu broker, {r['partitions']}-partition input; {r['machine']['cpus']} CPUs, Python "
-             f"{r['machine']['python']}. Throughput is read off the output records' timestamps, first to last.", "",
-             "| run | min records/s | median | max |", "|---|---:|---:|---:|"]
-    for name, v in r["throughput"].items():
-        lines.append(f"| {name} | {v['min']:,.0f} | {v['median']:,.0f} | {v['max']:,.0f} |")
-    lines += _stall_lines(r.get("stalls", {}))
-    dflt, start = r["latency_default_ms"], r["startup_s"]
-    lines += [""]
-    for client, lat in r["latency_ms"].items():
-        lines.append(f"Latency through the processor on {client} at {lat['rate']} records/s, produce to output "
-                     f"consumed ({lat['records']} records), with `fetch.max.wait.ms=10`: p50 {lat['p50']:.1f} ms, "
-                     f"p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms.")
-    lines.append(f"With the default fetch wait (500 ms) on {DEFAULT}: p50 {dflt['p50']:.1f} ms, p99 {dflt['p99']:.1f} "
-                 f"ms, max {dflt['max']:.1f} ms (see the notes).")
-    for client, rss in r["peak_rss_mb"].items():
-        lines.append(f"Peak RSS of the processor on {client}: {rss['min']:.0f} / {rss['median']:.0f} / "
-                     f"{rss['max']:.0f} MB (min / median / max).")
-    lines.append(f"Start-up, exec to `/actuator/health` UP ({DEFAULT}): {start['min']:.2f} / {start['median']:.2f} / "
-                 f"{start['max']:.2f} s.")
-    if r["image_mb"]:
-        lines.append("Image sizes (on the test tier's Debian stand-in base, not the real slim one): "
-                     + ", ".join(f"{name} {size:.0f} MB" for name, size in r["image_mb"].items()) + ".")
-    else:
-        lines.append("Image sizes: no images built on this machine (`make test` builds them).")
-    lines += ["", "## Targets", "", "| target | measured | goal | |", "|---|---:|---:|---|"]
-    for name, value, comparison, goal in targets(r):
-        verdict = "reported" if goal is None else "met" if met(value, comparison, goal) else "MISSED"
-        lines.append(f"| {name} | {value:.2f} | {'' if goal is None else f'{comparison} {goal}'} | {verdict} |")
-    missed = [name for name, value, comparison, goal in targets(r) if not met(value, comparison, goal)]
-    if missed:
-        lines += ["", "## Why a target is missed", ""]
-        lines += [f"- **{name}**: {notes.get(name, 'not analysed yet.')}" for name in missed]
-    profile = notes.get("profile")
-    if profile:  # free markdown: a string, or a list of lines (a table, say)
-        lines += ["", "## Profile", ""] + ([profile] if isinstance(profile, str) else profile)
-    lines += _cpu_lines(r.get("scale_out_cpu", {}), r["machine"]["cpus"])
-    lines += ["", "## Notes", ""] + [f"- {note}" for note in notes.get("general", [])]
-    return "\n".join(lines) + "\n"
-
-
-def _stall_lines(stalls: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """The reference loops' stalls, run by run."""
-    if not stalls:
-        return []
-
-    def runs(reports: list[dict[str, Any]], key: str, spec: str = "") -> str:
-        return " / ".join(f"{report[key]:{spec}}" for report in reports)
-
-    lines = ["", "Stalls of the reference loops, run by run: a stall is a wait for records (each loop takes what is "
-             "queued and waits, at most 100 ms, only when nothing is) that came back empty or took over 100 ms, "
-             "counted from the first record on (`bench/stalls.py`).", "",
-             "| loop | stalls | waits | time waiting (ms) | longest wait (ms) |", "|---|---:|---:|---:|---:|"]
-    for name, reports in stalls.items():
-        lines.append(f"| {name} | {runs(reports, 'stalls')} | {runs(reports, 'waits')} | "
-                     f"{runs(reports, 'waited_ms', '.0f')} | {runs(reports, 'longest_wait_ms', '.0f')} |")
-    return lines
-
-
-def _cpu_lines(cpu: dict[str, list[dict[str, Any]]], cpus: int) -> list[str]:
-    """Where the CPU went in the last run of each scale-out row: each thread of each instance, and the rest."""
-    if not cpu:
-        return []
-    lines = ["", "## Where the CPU goes when scaling out", "",
-             f"CPU seconds taken from the produce to the last output record, in the last run of each row, and the "
-             f"share of one core over that window ({cpus} cores in all). Threads that took under 0.01 s are summed; "
-             "kcat is the producer of the input and the reader that times the output."]
-    for name, taken in cpu.items():
-        last, window = taken[-1], taken[-1]["window_s"]
-        lines += ["", f"**{name}**: {window:.2f} s from the produce to the last output record, the output itself "
-                  f"{last.get('output_s', window):.2f} s.", "", "| process | thread | CPU s | % of a core |",
-                  "|---|---|---:|---:|"]
-        total = 0.0
-        for number, instance in enumerate(last["instances"], 1):
-            busy = [thread for thread in instance["threads"] if thread["cpu_s"] >= 0.01]
-            rest = max(0.0, instance["cpu_s"] - sum(thread["cpu_s"] for thread in busy))
-            rows = [(f"{thread['name']} ({thread['tid']})", thread["cpu_s"]) for thread in busy]
-            rows.append((f"{len(instance['threads']) - len(busy)} other threads", rest))
-            lines += [f"| instance {number} | {thread} | {seconds:.2f} | {100 * seconds / window:.0f} % |"
-                      for thread, seconds in rows]
-            lines.append(f"| instance {number} | all | {instance['cpu_s']:.2f} | "
-                         f"{100 * instance['cpu_s'] / window:.0f} % |")
-            total += instance["cpu_s"]
-        for part, label in (("broker", "Tansu broker"), ("kcat", "kcat"), ("bench", "bench/run.py")):
-            lines.append(f"| {label} | all | {last[part]:.2f} | {100 * last[part] / window:.0f} % |")
-            total += last[part]
-        lines.append(f"| all of the above | | {total:.2f} | {100 * total / window:.0f} % |")
-    return lines
-
-
-def chart(r: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(r["throughput"])
-    medians = [r["throughput"][n]["median"] / 1000 for n in names]
-    low = [m - r["throughput"][n]["min"] / 1000 for n, m in zip(names, medians, strict=True)]
-    high = [r["throughput"][n]["max"] / 1000 - m for n, m in zip(names, medians, strict=True)]
-    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
-    ax.barh(names[::-1], medians[::-1], xerr=[low[::-1], high[::-1]], color="#4c72b0", capsize=3)
-    ax.set_xscale("log")  # the C pipe is tens of times faster than any Python loop
-    ax.set_xlabel("thousand records/s, log scale (median, min-max)")
-    ax.set_title(f"{r['records']:,} records of {r['record_bytes']} B on Tansu, {r['machine']['cpus']} CPUs")
-    for y, m in enumerate(medians[::-1]):
-        ax.text(m, y, f" {m:.1f}k", va="center")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def main() -> int:

@@ -110,7 +110,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "modules:util": lambda: modules_table([p for f in _recipe_folders() for p in sorted((f / "util").glob("*.py"))],
                                           by_recipe=True),
     "modules:scripts": lambda: modules_table([p for f in _recipe_folders() for p in sorted(f.glob("*.py"))]),
-    "modules:devkit": lambda: modules_table([p for d in ("devkit", "bench", "tests/steps")
+    "modules:devkit": lambda: modules_table([p for d in ("devkit", "bench", "bench/steps", "tests/steps")
                                              for p in sorted((ROOT / d).glob("*.py"))]),
 }
 
