@@ -109,3 +109,22 @@ def test_a_batch_sink_writes_each_record_once_and_dead_letters_what_it_reports(
     assert written == [v for v in values if v != "poison"]  # in order, each once
     assert [r.value for r in kafka.read(f"error.{source}.{group}", 1, settle=1.0)] == [b"poison"]
     assert app.stop() == 0
+
+
+def test_a_batch_router_sends_each_value_to_its_binding_filters_nones_and_dead_letters_what_it_reports(
+        kafka: Kafka, names: Callable[[str], str], start_stream_app: Callable[..., App]) -> None:
+    source, even, odd, group = kafka.create(names("in")), kafka.create(names("even")), kafka.create(names("odd")), \
+        names("g")
+    dlq = kafka.create(f"error.{source}.{group}")
+    values = [str(1000 + i) for i in range(600)]
+    values[250] = "no digit"
+    kafka.produce(source, [v.encode() for v in values], headers=TEXT)
+    app = start_stream_app("batch-router", source, {"even": even, "odd": odd}, *BATCH, group=group)
+    wait_for(kafka.caught_up(group, {0: len(values)}), 90, "every record committed")
+    stamps = [v for v in values if v[-1].isdigit() and not v.endswith("5")]
+    got_even = [r.value.decode() for r in kafka.read(even, sum(int(v[-1]) % 2 == 0 for v in stamps), settle=1.0)]
+    got_odd = [r.value.decode() for r in kafka.read(odd, sum(int(v[-1]) % 2 == 1 for v in stamps), settle=1.0)]
+    assert Counter(got_even) == Counter(f"<{v}>" for v in stamps if int(v[-1]) % 2 == 0)  # each once
+    assert Counter(got_odd) == Counter(f"<{v}>" for v in stamps if int(v[-1]) % 2 == 1)
+    assert [r.value for r in kafka.read(dlq, 1, settle=1.0)] == [b"no digit"]
+    assert app.stop() == 0

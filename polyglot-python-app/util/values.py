@@ -19,6 +19,7 @@ from typing import Any
 
 from .message import Message, build
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)  # made once: json.dumps makes one a call
 JSON_TYPES = (dict, list, int, float, bool)
 Reader = Callable[[Message], Any]
 
@@ -74,13 +75,13 @@ def outgoing(result: Any, source: Message | None) -> Message | None:
         return build(Message, (bytes(result), headers, media or "application/octet-stream"))
     if isinstance(result, str):
         return build(Message, (result.encode("utf-8"), headers, "text/plain"))
-    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+    if not isinstance(result, JSON_TYPES):
+        if not dataclasses.is_dataclass(result) or isinstance(result, type):
+            raise ConversionError(f"the function returned {type(result).__name__}: it returns a Message, bytes, "
+                                  "str, a JSON value (dict, list, int, float, bool), a dataclass or None")
         result = dataclasses.asdict(result)
-    elif not isinstance(result, JSON_TYPES):
-        raise ConversionError(f"the function returned {type(result).__name__}: it returns a Message, bytes, str, "
-                              "a JSON value (dict, list, int, float, bool), a dataclass or None")
     try:
-        encoded = json.dumps(result, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        encoded = _ENCODER.encode(result).encode("utf-8")
     except (TypeError, ValueError) as error:
         raise ConversionError(f"the function's result is not JSON: {error}") from None
     return build(Message, (encoded, headers, "application/json"))

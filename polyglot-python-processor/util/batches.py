@@ -16,8 +16,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from .headers import inbound_content_type
+from .headers import inbound_content_type, outbound_headers
 from .message import Message, build
+from .metrics import BatchSends
 from .settle import INPUT, Delivery, RewindError
 from .stalls import TP
 from .values import ConversionError, Reader, outgoing
@@ -150,7 +151,8 @@ class BatchMode:
             self._skip(items, done)
             return
         if isinstance(result, list) and len(result) == len(items):
-            for item, value in zip(items, result, strict=True):
+            start = self._send_straight(result, items, done) if binder.straight.plain else 0
+            for item, value in zip(items[start:], result[start:], strict=True):
                 self._send_one(value, item.message, [item], done, rewinds, attempt)
             return
         firsts = list({item.tp: item for item in reversed(items)}.values())  # each partition's first item
@@ -160,6 +162,43 @@ class BatchMode:
         for item in firsts:
             if not any(d.record is item.record for d in done[item.tp]):
                 done[item.tp].append(Delivery(item.record))
+
+    def _send_straight(self, result: list[Any], items: list[Item], done: dict[TP, list[Delivery]]) -> int:
+        """One output a record, to the client's quick send (no output here has a partition key) while each is
+        ordinary: the index of the first that is not (an unknown binding, a value that does not convert, a send
+        refused at once), which the per-record sends take on with the rest."""
+        binder = self.binder
+        outputs, single, null, quick = binder.outputs, binder.single, binder.client.null_header, binder.straight.quick
+        count, seconds, sample = binder.sends.count, binder.sends.seconds, BatchSends.SAMPLE
+        for index, item in enumerate(items):
+            value = result[index]
+            try:
+                if single is not None:
+                    name, out = single, value
+                elif value is None:
+                    done[item.tp].append(Delivery(item.record))
+                    continue
+                else:
+                    name, out = value
+                if type(out) is not Message:
+                    out = outgoing(out, item.message)
+                if out is None:  # nothing for this record
+                    done[item.tp].append(Delivery(item.record))
+                    continue
+                output = outputs[name]
+                media = output.content_type or out.content_type
+                headers = outbound_headers(out.headers, media, null) if output.headers else None
+                if count[name] & sample - 1:
+                    handle = quick[name](output.destination, out.payload, headers)
+                else:  # one send in SAMPLE timed, as on the per-record path
+                    clock = time.perf_counter()
+                    handle = quick[name](output.destination, out.payload, headers)
+                    seconds[name] += (time.perf_counter() - clock) * sample
+            except Exception:  # noqa: BLE001 - this record's output is sent, or fails, one by one
+                return index
+            count[name] += 1
+            done[item.tp].append(Delivery(item.record, handle))
+        return len(items)
 
     def _send_one(self, value: Any, message: Message | None, owners: list[Item], done: dict[TP, list[Delivery]],
                   rewinds: dict[TP, tuple[int, Exception | None]], attempt: int) -> None:
