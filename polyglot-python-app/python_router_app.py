@@ -5,16 +5,16 @@
 
 import json
 
-from util import STREAM_NAME, Message, run_app
+from util import STREAM_NAME, run_app
 
 OUTPUTS = ("even", "odd")
 OPTIONS: dict = {}  # the router has no properties of its own
 GROUP_FALLBACK = STREAM_NAME  # without a group, a restarted router resumes where the stream left off
 
 
-def timestamp(message: Message) -> str:
+def timestamp(text: str) -> str:
     """The value's text, trimmed, without surrounding JSON quotes."""
-    text = message.text().strip()
+    text = text.strip()
     if len(text) >= 2 and text[0] == text[-1] == '"':
         try:
             text = json.loads(text)
@@ -30,10 +30,12 @@ def route(value: str) -> str:
     return "even" if int(value[-1]) % 2 == 0 else "odd"
 
 
-def handle(message: Message) -> tuple[str, Message]:
-    value = timestamp(message)
+def handle(text: str) -> tuple[str, str]:
+    """The payload as UTF-8 text in (one that is not UTF-8 goes to the error path); text out, ``text/plain``, with
+    the input's headers."""
+    value = timestamp(text)
     binding = route(value)
-    return binding, message.with_payload(f"{binding.capitalize()} timestamp: {value}".encode(), "text/plain")
+    return binding, f"{binding.capitalize()} timestamp: {value}"
 
 
 if __name__ == "__main__":

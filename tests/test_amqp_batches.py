@@ -15,7 +15,7 @@ import pytest
 from conftest import Rabbit
 from devkit.apps import App
 from devkit.waiting import wait_for
-from util.amqp_batches import BatchFormatError, Batcher, split
+from util.amqp_batches import Batcher, BatchFormatError, split
 
 DLQ = "--spring.cloud.stream.rabbit.bindings.input.consumer.autoBindDlq=true"
 FAST_RETRY = ("--spring.cloud.stream.bindings.input.consumer.maxAttempts=2",
@@ -79,11 +79,13 @@ def test_a_batch_is_released_at_its_size_its_buffer_limit_or_before_it_would_ove
     handles = [batcher.add("x", "k", body, Props()) for body in (b"aaaa", b"bb", b"c")]  # 3 messages: released
     assert published[-1][2] == spring_batch([b"aaaa", b"bb", b"c"])
     assert published[-1][3].headers == {"springBatchFormat": "lengthHeader4", "amqp_batchSize": 3}
-    assert {id(h) for h in handles} == {id(handles[0])} and handles[0].sent == 1
+    assert {id(h) for h in handles} == {id(handles[0])}
+    assert handles[0].sent == 1
     batcher.add("x", "k", b"0123456789", Props())  # 14 bytes: room for no 10-byte message more (20)
     batcher.add("x", "other", b"z", Props())  # its own batch: another routing key
     batcher.add("x", "k", b"9876543210", Props())  # would make 28: the open batch goes first, alone, as it is
-    assert published[-1][2:] == (b"0123456789", published[-1][3]) and published[-1][3].headers is None
+    assert published[-1][2:] == (b"0123456789", published[-1][3])
+    assert published[-1][3].headers is None
     batcher.add("x", "k", b"0123456789abcdef", Props())  # 14 + 20 > 20: released, then 20 >= 20 released
     assert [p[2] for p in published[-2:]] == [b"9876543210", b"0123456789abcdef"]
     batcher.release_all()
@@ -111,7 +113,8 @@ def test_spring_batches_are_split_into_records_and_a_damaged_one_goes_whole_to_t
     dead = rabbit.read(f"{source}.{group}.dlq", 2, settle=1.0)
     assert [body for _, _, body in dead] == [damaged, b"\xff not utf-8"]  # the damaged batch whole, as it came
     first = dead[0][1].headers
-    assert first["springBatchFormat"] == "lengthHeader4" and "insufficient batch data" in first["x-exception-message"]
+    assert first["springBatchFormat"] == "lengthHeader4"
+    assert "insufficient batch data" in first["x-exception-message"]
     assert "springBatchFormat" not in dead[1][1].headers  # one message of a batch: that message alone
     assert app.metric("polyglot_records_failed_total", binding="input") == 2
     assert app.stop() == 0
@@ -129,7 +132,8 @@ def test_a_spring_batch_rejected_without_republishing_is_dead_lettered_whole(
     rabbit.publish(source, [body], headers=spring_headers(3))
     assert sorted(b for _, _, b in rabbit.read(f"{sink}.check", 2)) == [b"Even timestamp: 2", b"Odd timestamp: 1"]
     _, properties, dead = rabbit.read(f"{source}.{group}.dlq", 1, settle=1.0)[0]
-    assert dead == body and properties.headers["x-death"][0]["reason"] == "rejected"
+    assert dead == body
+    assert properties.headers["x-death"][0]["reason"] == "rejected"
     assert app.stop() == 0
     assert rabbit.depth(f"{source}.{group}") == 0
 
@@ -191,7 +195,8 @@ def test_a_python_consumer_reads_what_a_batching_python_producer_sends(
     rabbit.publish(source, values)
     got = rabbit.read(f"{sink}.check", len(values), settle=1.0)
     assert sorted(body for _, _, body in got) == values  # reversed twice, each once
-    assert first.stop() == 0 and second.stop() == 0
+    assert first.stop() == 0
+    assert second.stop() == 0
 
 
 @pytest.mark.parametrize("batching", [False, True])
