@@ -107,6 +107,27 @@ def test_readme_step_example_runs() -> None:
     assert namespace["shout"](message, upper=False) == message
 
 
+def test_readme_value_and_batch_examples_run_as_the_readme_says() -> None:
+    """The README's second example (values and batch mode) and the batch example of writing-steps.md, run as
+    they are and checked with the calls the pages show."""
+    code = re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M)[1]
+    namespace: dict[str, object] = {"__name__": "readme_example"}
+    exec(compile(code, "README.md", "exec", dont_inherit=True), namespace)  # no __future__ of this file
+    assert namespace["enrich"]({"amount": 150})["priority"]
+    assert namespace["invoice"](namespace["Order"](1, 0.0)) is None
+    assert namespace["invoice"](namespace["Order"](1, 10.0)) == {"order": 1, "total": 12.0}
+    assert namespace["score"]([{"a": 1}]) == [{"a": 1, "score": 1}]
+    page = (ROOT / "docs" / "writing-steps.md").read_text()
+    batch = next(b for b in re.findall(r"^```python\n(.*?)^```", page, re.S | re.M) if "BatchError" in b)
+    namespace = {"__name__": "docs_example"}
+    exec(compile(batch, "writing-steps.md", "exec", dont_inherit=True), namespace)
+    score, batch_error = namespace["score"], namespace["BatchError"]
+    assert score([{"amount": 2}, {"amount": 0}]) == [{"amount": 2, "score": 4}, None]
+    with pytest.raises(batch_error) as raised:
+        score([{"amount": 1}, {}])
+    assert raised.value.index == 1
+
+
 def test_shared_util_modules_are_identical_copies() -> None:
     by_name: dict[str, list[Path]] = {}
     for folder in RECIPE_FOLDERS:
