@@ -132,8 +132,12 @@ class Publisher:
         self.channel, self.outstanding, self.done, self.epoch = None, deque(), set(), self.epoch + 1
 
     def flush(self, seconds: float) -> bool:
-        """Wait for the confirms of every send; True once none is outstanding (a closed channel failed them)."""
+        """Wait for the confirms of every send; True once none is outstanding (a closed channel failed them).
+
+        pika's wait ends early for a delivery, never for a confirm: it is taken in slices of 1 ms doubling to
+        50 ms, so confirms that come at once end it at once (one 50 ms slice cost every batch that much)."""
         deadline = time.monotonic() + seconds
+        wait = 0.001
         while self.outstanding:
             if not self._usable():
                 reason = getattr(self.channel, "_closing_reason", None) if self.channel is not None else None
@@ -142,7 +146,8 @@ class Publisher:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            self.connection.pump(min(left, 0.05))
+            self.connection.pump(min(left, wait))
+            wait = min(wait * 2, 0.05)
         return True
 
     def outcome(self, handle: tuple[int, int] | Batch) -> Exception | None:
