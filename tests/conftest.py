@@ -45,6 +45,7 @@ STEPS = {"source": ("tests/steps/python_source.py", ("output",)), "sink": ("test
          "shapes": ("tests/steps/python_shapes.py", ("output",)),
          "batch": ("tests/steps/python_batch.py", ("output",)),
          "batch-router": ("tests/steps/python_batch_router.py", ("even", "odd")),
+         "batch-edges": ("tests/steps/python_batch_edges.py", ("output",)),
          "batch-sink": ("tests/steps/python_batch_sink.py", ())}
 # Tansu takes half the session timeout to complete a group join: keep it short in tests.
 FAST_GROUPS = ("--spring.cloud.stream.kafka.binder.consumerProperties.session.timeout.ms=6000",

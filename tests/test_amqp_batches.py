@@ -14,6 +14,7 @@ import pytest
 
 from conftest import Rabbit
 from devkit.apps import App
+from devkit.rabbitmq import RabbitMQ
 from devkit.waiting import wait_for
 from util.amqp_batches import Batcher, BatchFormatError, split
 
@@ -218,3 +219,41 @@ def test_a_message_amqp_cannot_carry_goes_to_the_dlq_and_the_others_flow(
     assert "a name over 255 bytes" in dead[0][1].headers["x-exception-message"]
     assert app.stop() == 0
     assert rabbit.depth(f"{source}.{group}") == 0
+
+
+def test_spring_batches_in_and_out_in_batch_mode_survive_the_broker_closing_every_connection(
+        start_rabbit_app: Callable[..., App], rabbit: Rabbit, rabbitmq: RabbitMQ, names: Callable[[str], str]) -> None:
+    """Batch mode (enableBatching) on Spring batches of 13 in, batchingEnabled (7) out; the broker closes every
+    connection three times mid-flow: each record comes out at least once, the input queue drains."""
+    source, sink, group = names("in"), names("out"), names("g")
+    rabbit.declare_group(sink, "check")
+    rabbit.declare_group(source, group)
+    values = [f"v{i:05d}" for i in range(9_009)]
+    consumer = "--spring.cloud.stream.rabbit.bindings.input.consumer"
+    app = start_rabbit_app("batch", source, {"output": sink},
+                           "--spring.cloud.stream.bindings.input.consumer.batch-mode=true",
+                           f"{consumer}.enableBatching=true", f"{consumer}.batchSize=50",
+                           f"{consumer}.receiveTimeout=100", f"{consumer}.prefetch=30",
+                           f"{PRODUCER}.batchingEnabled=true", f"{PRODUCER}.batchSize=7", group=group)
+    app.wait_for_log("Consuming")
+    rabbit.close()
+    seen = 0
+    for chunk in range(3):  # a third of the input, then the drop once its outputs flow
+        checker = Rabbit(rabbitmq)
+        part = values[chunk * 3003:(chunk + 1) * 3003]
+        for start in range(0, len(part), 13):
+            checker.publish(source, [spring_batch([v.encode() for v in part[start:start + 13]])],
+                            headers=spring_headers(13))
+        wait_for(lambda checker=checker, seen=seen: checker.depth(f"{sink}.check") > seen + 20, 60,
+                 "records flowing (again)")
+        seen = checker.depth(f"{sink}.check")
+        checker.close()
+        rabbitmq.ctl("close_all_connections", "test")
+    reader = Rabbit(rabbitmq)
+    got: set[str] = set()
+    wait_for(lambda: got.update(m.decode().split("|")[0][::-1] for _, p, body in
+                                reader.read(f"{sink}.check", 1, timeout=2) for m in messages_of(p, body))
+             or set(values) <= got, 150, "every record out")
+    wait_for(lambda: reader.depth(f"{source}.{group}") == 0, 60, "the input drained")
+    assert app.stop() == 0
+    reader.close()

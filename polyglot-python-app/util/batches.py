@@ -1,27 +1,31 @@
 """Batch mode: the function takes what one poll returned as a list, and returns a list, a value or None.
 
 Each record is converted first (``values.py``): one that does not convert takes its own error path, and the
-rest of the batch goes on. ``BatchError(index, cause)`` from the function: the records before ``index`` are
-done (a processor's are called again for their outputs), the one at ``index`` is tried again (the records
-after it with it) until its attempts are spent, then takes its error path, and the rest goes on. Any other
-exception: the whole batch again after the binding's back-off, then every record of it down the error path.
-A list as long as the batch is one output a record (None: nothing for it), keeping each record's headers;
-any other result belongs to the batch as a whole, so a send of it that fails rewinds each partition to its
-first record of the call.
+rest of the batch goes on. ``BatchError(index, cause)`` from the function, ``index`` an index of the list:
+the records before it are done (a processor's are called again for their outputs), the one at it is tried
+again (the records after it with it) until its attempts are spent, then takes its error path, and the rest
+goes on. Any other exception (a BatchError whose index is not one of the list's included): the whole batch
+again after the binding's back-off, then every record of it down the error path. Attempts and back-offs
+outlive a poll: a batch whose back-off does not fit the time left goes on from there at the next poll.
+What the function returned is sent by ``batch_outputs.py``.
 """
 
 from __future__ import annotations
 
+import logging
+import operator
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
-from .headers import inbound_content_type, outbound_headers
+from .batch_outputs import BatchOutputs, Done, Item, Rewinds, skip
+from .headers import inbound_content_type
 from .message import Message, build
-from .metrics import BatchSends
-from .settle import INPUT, Delivery, RewindError
+from .settle import INPUT
 from .stalls import TP
-from .values import ConversionError, Reader, outgoing
+from .values import ConversionError, Reader
+
+log = logging.getLogger(__name__)
 
 
 class BatchError(Exception):
@@ -35,43 +39,39 @@ class BatchError(Exception):
         return f"record {self.index} of the batch failed: {self.cause!r}" if self.cause else f"record {self.index}"
 
 
-class Item(NamedTuple):
-    tp: TP
-    record: Any
-    message: Message
-    value: Any
-
-
 class Interrupted(Exception):  # noqa: N818 - a signal to the loop, not an error
-    """SIGTERM, or the batch's time, arrived during a back-off: these partitions go on from these offsets."""
+    """SIGTERM, or the batch's time, arrived before a back-off ended: these partitions go on from these offsets."""
 
     def __init__(self, resume: dict[TP, int]) -> None:
         super().__init__(resume)
         self.resume = resume
 
 
+Group = tuple[list[Item], int, float]  # records to call together, the attempts made, not before (monotonic)
+
+
 class BatchMode:
-    """One batch call: conversion, the function with its attempts, and the sends of what it returned."""
+    """One batch call: conversion, the function with its attempts, then ``BatchOutputs``."""
 
     def __init__(self, binder: Any, read: Reader | None) -> None:
         self.binder, self.read = binder, read
+        self.outputs = BatchOutputs(binder)
 
-    def process(self, batch: Mapping[TP, list[Any]], partitions: Sequence[TP]) -> tuple[
-            dict[TP, list[Delivery]], dict[TP, tuple[int, Exception | None]]]:
+    def process(self, batch: Mapping[TP, list[Any]], partitions: Sequence[TP]) -> tuple[Done, Rewinds]:
         """Deliveries per partition (in offset order) and the partitions to rewind."""
-        done: dict[TP, list[Delivery]] = {tp: [] for tp in partitions}
-        rewinds: dict[TP, tuple[int, Exception | None]] = {}
+        done: Done = {tp: [] for tp in partitions}
+        rewinds: Rewinds = {}
         items = self._converted(batch, partitions, done)
         try:
             self._call(items, done, rewinds)
         except Interrupted as interrupted:
-            rewinds.update((tp, (offset, None)) for tp, offset in interrupted.resume.items())
+            for tp, offset in interrupted.resume.items():
+                rewinds[tp] = min(rewinds.get(tp, (offset, None)), (offset, None), key=lambda r: r[0])
         for deliveries in done.values():
             deliveries.sort(key=lambda d: d.record.offset)
         return done, rewinds
 
-    def _converted(self, batch: Mapping[TP, list[Any]], partitions: Sequence[TP],
-                   done: dict[TP, list[Delivery]]) -> list[Item]:
+    def _converted(self, batch: Mapping[TP, list[Any]], partitions: Sequence[TP], done: Done) -> list[Item]:
         """The batch's records as the function takes them; a tombstone takes the per-record path, a record that
         does not convert its error path."""
         binder, source, read = self.binder, self.binder.source, self.read
@@ -91,145 +91,102 @@ class BatchMode:
                     done[tp].append(binder.settle.give_up(record, error, attempts=1))
         return items
 
-    def _call(self, items: list[Item], done: dict[TP, list[Delivery]],
-              rewinds: dict[TP, tuple[int, Exception | None]]) -> None:
-        """Call the function until every item is done or given up."""
-        binder, attempt = self.binder, 0
-        settle, most = binder.settle, binder.source.max_attempts
-        while items:
-            attempt += 1
+    def _call(self, items: list[Item], done: Done, rewinds: Rewinds) -> None:
+        """Call the function on groups of records until each is done or given up: first the whole batch (with
+        the attempts an earlier poll made on it), then what each BatchError leaves, in order."""
+        todo: list[Group] = [(items, *self._carried(items))] if items else []
+        while todo:
+            group, made, not_before = todo.pop(0)
+            self._wait(not_before, [(group, made, not_before), *todo])
+            made += 1
             try:
-                result = binder.handler([item.value for item in items])
+                result = self._called([item.value for item in group])
             except BatchError as failed:
-                index = min(max(failed.index, 0), len(items) - 1)
-                before, items, made = items[:index], items[index:], attempt if index == 0 else 1
-                if before and binder.outputs:  # done: called again for their outputs (a sink's are done already)
-                    self._call(before, done, rewinds)
-                else:
-                    self._skip(before, done)
-                error = failed.cause if isinstance(failed.cause, Exception) else failed
-                binder.channels.send(INPUT, 1, 0.0, error)
-                if made >= most or isinstance(error, ConversionError):
-                    done[items[0].tp].append(settle.give_up(items[0].record, error, attempts=made))
-                    items, attempt = items[1:], 0
-                else:
-                    attempt = made
-                    self._back_off(made, items)
-                continue
-            except Exception as error:  # noqa: BLE001 - whatever the function raises takes the error path
-                binder.channels.send(INPUT, len(items), 0.0, error)
-                if attempt >= most:
-                    for item in items:
-                        done[item.tp].append(settle.give_up(item.record, error, attempts=attempt, counted=True))
-                    return
-                self._back_off(attempt, items)
-                continue
-            self._send(result, items, done, rewinds, attempt)
-            return
-
-    def _skip(self, items: list[Item], done: dict[TP, list[Delivery]]) -> None:
-        for item in items:
-            done[item.tp].append(Delivery(item.record))
-
-    def _back_off(self, attempt: int, items: list[Item]) -> None:
-        """Wait before the next attempt; Interrupted (from each partition's first item) when the batch has no
-        time for it or SIGTERM arrives."""
-        binder = self.binder
-        initial, multiplier, longest = binder.source.back_off
-        delay = min(initial * multiplier ** (attempt - 1), longest, binder.budget)
-        if time.monotonic() + delay > binder.until or binder.stop.wait(delay):
-            resume: dict[TP, int] = {}
-            for item in items:
-                resume.setdefault(item.tp, item.record.offset)
-            raise Interrupted(resume)
-
-    def _send(self, result: Any, items: list[Item], done: dict[TP, list[Delivery]],
-              rewinds: dict[TP, tuple[int, Exception | None]], attempt: int) -> None:
-        """Send what the function returned: one output a record when it returned a list as long as the batch."""
-        binder = self.binder
-        if not binder.outputs or result is None:
-            self._skip(items, done)
-            return
-        if isinstance(result, list) and len(result) == len(items):
-            start = self._send_straight(result, items, done) if binder.straight.plain else 0
-            for item, value in zip(items[start:], result[start:], strict=True):
-                self._send_one(value, item.message, [item], done, rewinds, attempt)
-            return
-        firsts = list({item.tp: item for item in reversed(items)}.values())  # each partition's first item
-        self._skip([item for item in items if item not in firsts], done)
-        for value in result if isinstance(result, list) else [result]:
-            self._send_one(value, None, firsts, done, rewinds, attempt)
-        for item in firsts:
-            if not any(d.record is item.record for d in done[item.tp]):
-                done[item.tp].append(Delivery(item.record))
-
-    def _send_straight(self, result: list[Any], items: list[Item], done: dict[TP, list[Delivery]]) -> int:
-        """One output a record, to the client's quick send (no output here has a partition key) while each is
-        ordinary: the index of the first that is not (an unknown binding, a value that does not convert, a send
-        refused at once), which the per-record sends take on with the rest."""
-        binder = self.binder
-        outputs, single, null, quick = binder.outputs, binder.single, binder.client.null_header, binder.straight.quick
-        count, seconds, sample = binder.sends.count, binder.sends.seconds, BatchSends.SAMPLE
-        for index, item in enumerate(items):
-            value = result[index]
-            try:
-                if single is not None:
-                    name, out = single, value
-                elif value is None:
-                    done[item.tp].append(Delivery(item.record))
+                index = _index(failed.index, len(group))
+                if index is not None:
+                    todo[:0] = self._split(group, index, failed, made, done)
                     continue
-                else:
-                    name, out = value
-                if type(out) is not Message:
-                    out = outgoing(out, item.message)
-                if out is None:  # nothing for this record
-                    done[item.tp].append(Delivery(item.record))
-                    continue
-                output = outputs[name]
-                media = output.content_type or out.content_type
-                headers = outbound_headers(out.headers, media, null) if output.headers else None
-                if count[name] & sample - 1:
-                    handle = quick[name](output.destination, out.payload, headers)
-                else:  # one send in SAMPLE timed, as on the per-record path
-                    clock = time.perf_counter()
-                    handle = quick[name](output.destination, out.payload, headers)
-                    seconds[name] += (time.perf_counter() - clock) * sample
-            except Exception:  # noqa: BLE001 - this record's output is sent, or fails, one by one
-                return index
-            count[name] += 1
-            done[item.tp].append(Delivery(item.record, handle))
-        return len(items)
-
-    def _send_one(self, value: Any, message: Message | None, owners: list[Item], done: dict[TP, list[Delivery]],
-                  rewinds: dict[TP, tuple[int, Exception | None]], attempt: int) -> None:
-        """One output, sent once and owned by ``owners``: a refusal that is not about it rewinds their partitions."""
-        binder = self.binder
-        try:
-            if binder.single is not None:
-                name, out = binder.single, value
-            elif value is None:
-                name, out = "", None
+                log.warning("BatchError index %r is not an index of the batch (0 to %d): the whole batch failed",
+                            failed.index, len(group) - 1)
+                error: Exception = failed
+            except Exception as caught:  # noqa: BLE001 - whatever the function raises takes the error path
+                error = caught
             else:
-                name, out = value
-            out = outgoing(out, message)
-            if out is None:  # nothing for this record (a list's None element)
-                if message is not None:
-                    self._skip(owners, done)
-                return
-            prepared = binder.addressed(name, out)
-        except Exception as error:  # noqa: BLE001 - an output that cannot be sent: its records' error path
-            for item in owners:
-                done[item.tp].append(binder.settle.give_up(item.record, error, attempts=attempt))
+                self.outputs.send(result, group, done, rewinds, made)
+                continue
+            self.binder.channels.send(INPUT, len(group), 0.0, error)
+            if made >= self.binder.source.max_attempts:
+                for item in group:
+                    done[item.tp].append(self.binder.settle.give_up(item.record, error, attempts=made,
+                                                                    counted=True))
+            else:
+                todo.insert(0, (group, made, time.monotonic() + self._delay(made)))
+
+    def _called(self, values: list[Any]) -> Any:
+        """The function's result; an iterator is read out (its failures are the function's), a processor's
+        tuple is its list (a router's is one ``(binding, value)``), an array's ``tolist()`` (numpy, pandas) its."""
+        result = self.binder.handler(values)
+        if isinstance(result, Iterator) or (isinstance(result, tuple) and self.binder.single is not None):
+            return list(result)
+        if not isinstance(result, list | dict | str | bytes | Message) and callable(getattr(result, "tolist", None)):
+            return result.tolist()
+        return result
+
+    def _split(self, group: list[Item], index: int, failed: BatchError, made: int, done: Done) -> list[Group]:
+        """After ``BatchError(index)``: the records before it called again for their outputs (a sink's are
+        done), the one at it given up or tried again after a back-off with the ones after it."""
+        binder = self.binder
+        error = failed.cause if isinstance(failed.cause, Exception) else failed
+        binder.channels.send(INPUT, 1, 0.0, error)
+        before, at = group[:index], group[index:]
+        made = made if index == 0 else 1  # the record at index was tried once in this group
+        groups: list[Group] = []
+        if before and binder.outputs:
+            groups.append((before, 0, 0.0))
+        else:
+            skip(before, done)
+        if made >= binder.source.max_attempts or isinstance(error, ConversionError):
+            done[at[0].tp].append(binder.settle.give_up(at[0].record, error, attempts=made))
+            if at[1:]:
+                groups.append((at[1:], 0, 0.0))
+        else:
+            groups.append((at, made, time.monotonic() + self._delay(made)))
+        return groups
+
+    def _delay(self, made: int) -> float:
+        initial, multiplier, longest = self.binder.source.back_off
+        return min(initial * multiplier ** (made - 1), longest, self.binder.budget)
+
+    def _carried(self, items: list[Item]) -> tuple[int, float]:
+        """The attempts made on these records by earlier polls, and when the next may start."""
+        attempts = self.binder.attempts
+        made, not_before = 0, 0.0
+        if attempts:
+            for item in items:
+                was, when = attempts.pop((item.record.topic, item.record.partition, item.record.offset), (0, 0.0))
+                made, not_before = max(made, was), max(not_before, when)
+        return made, not_before
+
+    def _wait(self, not_before: float, pending: list[Group]) -> None:
+        """Wait out a back-off; when the batch has no time for it, or SIGTERM comes, keep each pending record's
+        attempts for the next poll and raise Interrupted at each partition's first pending record."""
+        binder = self.binder
+        pause = not_before - time.monotonic()
+        if pause <= 0 or (time.monotonic() + pause <= binder.until and not binder.stop.wait(pause)):
             return
-        first = owners[0]
-        try:
-            sent = binder.send(first.record, attempt, *prepared)
-        except RewindError as rewind:
-            for item in owners:
-                offset = item.record.offset
-                rewinds[item.tp] = min(rewinds.get(item.tp, (offset, rewind.error)), (offset, rewind.error),
-                                       key=lambda r: r[0])
-            return
-        done[first.tp].append(sent)
-        for item in owners[1:]:  # the same send: it fails, each of their partitions goes back to its record
-            done[item.tp].append(Delivery(item.record, sent.future if sent.cause is None else None))
+        resume: dict[TP, int] = {}
+        for group, made, when in pending:
+            for item in group:
+                record = item.record
+                binder.attempts[(record.topic, record.partition, record.offset)] = (made, when)
+                resume[item.tp] = min(resume.get(item.tp, record.offset), record.offset)
+        raise Interrupted(resume)
+
+
+def _index(index: Any, size: int) -> int | None:
+    """A BatchError's index as an index of the list (an integer from 0 to size - 1), else None."""
+    try:
+        index = operator.index(index)
+    except TypeError:
+        return None
+    return index if 0 <= index < size else None

@@ -71,8 +71,10 @@ class Client:
         settings = {key: properties.get(prop) for key, prop in consumer_properties().items()}
         self.input_settings = settings
         self.prefetch, self.partitioned = settings["prefetch"], settings["partitioned"]
-        self.batching = (within(settings["batch_size"], consumer_properties()["batch_size"].name, 1, 1 << 20),
-                         settings["receive_timeout"] / 1000) if settings["enable_batching"] else None
+        declared = consumer_properties()
+        self.batching = (within(settings["batch_size"], declared["batch_size"].name, 1, 1 << 20),
+                         within(settings["receive_timeout"], declared["receive_timeout"].name, 0, 1 << 31) / 1000
+                         ) if settings["enable_batching"] else None
         self.republish, self.dlx, self.dlq_key = settings["republish"], settings["dlx"], settings["dlq_key"]
         within(self.prefetch, consumer_properties()["prefetch"].name, 1, AMQP_SHORT)
         self.source: RabbitInput | None = None

@@ -86,7 +86,7 @@ class Binder:
         self.stalls = Stalls()
         self.settle: Settlement | None = None
         # A record whose retries its batch had no time for: attempts made, and when the next one is due.
-        self._attempts: dict[tuple[str, int, int], tuple[int, float]] = {}
+        self.attempts: dict[tuple[str, int, int], tuple[int, float]] = {}
         self.straight: StraightPass | None = None
         self.batches: BatchMode | None = None  # batch mode: the function takes a poll's records as a list
         self.budget = 150.0  # half of max.poll.interval.ms: the longest a batch may take
@@ -208,7 +208,7 @@ class Binder:
         done: dict[TP, list[Delivery]] = {}
         rewinds: dict[TP, tuple[int, Exception | None]] = {}
         handled = 0
-        straight = self.straight.plain and not self._attempts
+        straight = self.straight.plain and not self.attempts
         for index, tp in enumerate(partitions):
             deliveries = done[tp] = []
             records, straight_count = batch[tp], 0
@@ -242,11 +242,11 @@ class Binder:
         if record.value is None and self.tombstones is None:
             return settle.give_up(record, TombstoneError("a tombstone (null value): this app has no output for it"),
                                   attempts=0)
-        made, not_before = self._attempts.pop(_key(record), (0, 0.0)) if self._attempts else (0, 0.0)
+        made, not_before = self.attempts.pop(_key(record), (0, 0.0)) if self.attempts else (0, 0.0)
         for attempt in range(made + 1, self.source.max_attempts + 1):
             if not_before and (pause := not_before - time.monotonic()) > 0 and (
                     time.monotonic() + pause > self.until or self.stop.wait(pause)):
-                self._attempts[_key(record)] = (attempt - 1, not_before)  # the next batch goes on from here
+                self.attempts[_key(record)] = (attempt - 1, not_before)  # the next batch goes on from here
                 raise _InterruptedError(record.offset)
             if failed is None:
                 try:
@@ -342,7 +342,7 @@ class Binder:
             for tp in partitions:
                 self.consumer.damaged.pop(tp, None)
         gone = set(partitions)
-        self._attempts = {where: made for where, made in self._attempts.items() if where[:2] not in gone}
+        self.attempts = {where: made for where, made in self.attempts.items() if where[:2] not in gone}
 
     # -- stop -----------------------------------------------------------------------------------
     def request_stop(self, signum: int, _frame: Any) -> None:

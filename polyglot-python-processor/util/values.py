@@ -62,6 +62,9 @@ def reader(annotation: Any) -> Reader | None:
         return lambda message: _json(message, annotation)
     if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
         return lambda message: _dataclass(message, annotation)
+    if typing.get_origin(annotation) is list:
+        raise TypeError(f"the function takes {annotation}: a list of records is batch mode, "
+                        "spring.cloud.stream.bindings.input.consumer.batch-mode=true")
     raise TypeError(f"a step's function takes a Message, bytes, str, dict, list, int, float, bool, typing.Any or a "
                     f"dataclass, not {getattr(annotation, '__name__', annotation)!r}")
 
@@ -84,6 +87,8 @@ def outgoing(result: Any, source: Message | None) -> Message | None:
         encoded = _ENCODER.encode(result).encode("utf-8")
     except (TypeError, ValueError) as error:
         raise ConversionError(f"the function's result is not JSON: {error}") from None
+    except RecursionError:
+        raise ConversionError("the function's result is JSON nested too deep to write") from None
     return build(Message, (encoded, headers, "application/json"))
 
 
@@ -102,9 +107,16 @@ def _decoded(message: Message) -> Any:
     if not is_json(message.content_type):
         raise ConversionError(f"content type '{message.content_type}' is not JSON: the function takes a JSON value")
     try:
-        return json.loads(message.payload)
+        return json.loads(message.payload, parse_constant=_no_constant)
     except ValueError as error:  # UnicodeDecodeError too
         raise ConversionError(f"payload ({message.content_type}) is not JSON: {error}") from None
+    except RecursionError:
+        raise ConversionError(f"payload ({message.content_type}) is JSON nested too deep to read") from None
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (Jackson refuses them too; they could not be sent back out)."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _json(message: Message, wanted: Any) -> Any:
@@ -139,5 +151,5 @@ def batch_reader(annotation: Any) -> Reader | None:
     if typing.get_origin(annotation) is list:
         (inner,) = typing.get_args(annotation) or (inspect.Parameter.empty,)
         return reader(inner)
-    raise TypeError("in batch mode the function's first parameter is annotated list[...], not "
-                    f"{getattr(annotation, '__name__', annotation)!r}")
+    raise TypeError("in batch mode (spring.cloud.stream.bindings.input.consumer.batch-mode=true) the function's "
+                    f"first parameter is annotated list[...], not {getattr(annotation, '__name__', annotation)!r}")
