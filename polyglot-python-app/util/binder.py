@@ -86,7 +86,7 @@ class Binder:
         self.stalls = Stalls()
         self.settle: Settlement | None = None
         # A record whose retries its batch had no time for: attempts made, and when the next one is due.
-        self.attempts: dict[tuple[str, int, int], tuple[int, float]] = {}
+        self.attempts: dict[tuple[str, int, int], tuple[Any, ...]] = {}  # (made, not before[, given up with])
         self.straight: StraightPass | None = None
         self.batches: BatchMode | None = None  # batch mode: the function takes a poll's records as a list
         self.budget = 150.0  # half of max.poll.interval.ms: the longest a batch may take
@@ -244,8 +244,7 @@ class Binder:
                                   attempts=0)
         made, not_before = self.attempts.pop(_key(record), (0, 0.0)) if self.attempts else (0, 0.0)
         for attempt in range(made + 1, self.source.max_attempts + 1):
-            if not_before and (pause := not_before - time.monotonic()) > 0 and (
-                    time.monotonic() + pause > self.until or self.stop.wait(pause)):
+            if not_before and (pause := not_before - time.monotonic()) > 0 and not self.wait_out(pause):
                 self.attempts[_key(record)] = (attempt - 1, not_before)  # the next batch goes on from here
                 raise _InterruptedError(record.offset)
             if failed is None:
@@ -284,6 +283,15 @@ class Binder:
             sends.seconds[output.name] += (time.perf_counter() - clock) * sends.SAMPLE
         sends.count[output.name] += 1
         return Delivery(record, future)
+
+    def wait_out(self, pause: float) -> bool:
+        """Wait out a back-off; False when the batch has no time for it or SIGTERM came. A consumer with no poll
+        deadline (``idle``: RabbitMQ, where a requeued message comes back under a new number and would lose
+        its attempts) waits in place, serving its connection."""
+        idle = getattr(self.consumer, "idle", None)
+        if idle is not None:
+            return idle(pause, self.stop)
+        return time.monotonic() + pause <= self.until and not self.stop.wait(pause)
 
     def _refused(self, record: Any, attempt: int, output: OutputBinding, error: Exception) -> Delivery:
         """The client refused a send at once: about the record, it is given up; else its partition rewinds."""

@@ -2,9 +2,9 @@
 
 A list as long as the batch is one output a record, in order (None: nothing for it), each keeping its
 record's headers; ordinary ones go straight to the client's quick send. Any other result (a value, a list of
-another length) belongs to the batch as a whole: its outputs keep the first record's headers, a value that
-does not convert fails every record of the batch, and a send of it that fails rewinds each partition to its
-first record of the call.
+another length) belongs to the batch as a whole: its outputs keep the first record's headers and each is
+owned by every record: a value that does not convert, or a send refused for its own sake, fails every
+record of the batch; a send that fails otherwise rewinds each partition to its first record of the call.
 """
 
 from __future__ import annotations
@@ -61,14 +61,13 @@ class BatchOutputs:
             for item in items:
                 done[item.tp].append(binder.settle.give_up(item.record, error, attempts=attempt))
             return
-        firsts = list({item.tp: item for item in reversed(items)}.values())  # each partition's first item
-        skip([item for item in items if item not in firsts], done)
-        for prepared in outputs:
+        sent = False
+        for prepared in outputs:  # each owned by every record: refused, they all take their error path
             if prepared is not None:
-                self._send(prepared, firsts, done, rewinds, attempt)
-        for item in firsts:
-            if not any(d.record is item.record for d in done[item.tp]):
-                done[item.tp].append(Delivery(item.record))
+                self._send(prepared, items, done, rewinds, attempt)
+                sent = True
+        if not sent:
+            skip(items, done)
 
     def _prepared(self, value: Any, message: Message) -> tuple[Any, ...] | None:
         """What to send for one element (binding, value, headers, partition, key), None for nothing; raises when
@@ -97,7 +96,11 @@ class BatchOutputs:
             return
         done[first.tp].append(sent)
         for item in owners[1:]:  # the same send: it fails, each of their partitions goes back to its record
-            done[item.tp].append(Delivery(item.record, sent.future if sent.cause is None else None))
+            if sent.cause is None:
+                done[item.tp].append(Delivery(item.record, sent.future))
+            else:  # refused at once for its own sake: every owner's error path
+                done[item.tp].append(self.binder.settle.give_up(item.record, sent.cause, attempts=attempt,
+                                                                counted=True))
 
     def _straight(self, result: list[Any], items: list[Item], done: Done) -> int:
         """One output a record, to the client's quick send (no output here has a partition key) while each is

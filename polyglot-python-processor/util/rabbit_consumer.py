@@ -219,6 +219,20 @@ class Consumer:
         self.unacked[tp] = kept
         self.buffered[tp] = deque(r for r in self.buffered.get(tp, ()) if r.offset < offset)
 
+    def idle(self, seconds: float, stop: Any) -> bool:
+        """A back-off waited out in place (no poll deadline here), the connection served meanwhile (heartbeats,
+        deliveries buffered); False when ``stop`` (SIGTERM) is set first."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            if self.client.connection.connection is None:
+                stop.wait(min(left, 0.1))
+            else:
+                self.client.connection.pump(min(left, 0.1))
+        return False
+
     def pause(self, tp: tuple[str, int]) -> None:
         self.paused.add(tp)
 

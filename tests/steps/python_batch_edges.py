@@ -13,6 +13,17 @@ failing: list[bool] = []
 
 def reverse_all(texts: list[str]) -> object:
     log.warning("CALL %d", len(texts))
+    log.warning("TEXTS [%s]", ",".join(texts))
+    if EDGE == "fail_then_blame":  # a flaky whole-batch failure once, then BatchError at "poison" every time
+        if not failing:
+            failing.append(True)
+            raise RuntimeError("flaky")
+        if "poison" in texts:
+            raise BatchError(texts.index("poison"), ValueError("poison"))
+    if EDGE == "huge":  # the batch's one output, too large for the output topic
+        return "x" * 3_000_000
+    if EDGE == "blame_poison" and "poison" in texts:
+        raise BatchError(texts.index("poison"), ValueError("poison"))
     if EDGE in ("float_index", "negative_index") and "poison" in texts:
         index = texts.index("poison")
         raise BatchError(float(index) if EDGE == "float_index" else index - len(texts), ValueError("poison"))
