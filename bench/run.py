@@ -356,9 +356,10 @@ def measure() -> dict[str, Any]:
                 repeat(f"processor ({client})", app("processor", client))
                 if BASELINE is not None:
                     repeat(f"processor ({client}) @ baseline", app("processor", client, BASELINE))
+                if client == "librdkafka":  # next to the processor: the broker slows as the run fills it
+                    batch_rows.kafka_rows(bench, source, repeat, loop)
             for client in CLIENTS:
                 repeat(f"router ({client})", app("router", client))
-            batch_rows.kafka_rows(bench, source, repeat, loop)
             loop("naive seed loop (as shipped)", "naive.py", SEED_PYTHON)
             scale_out(1)
             scale_out(2)
