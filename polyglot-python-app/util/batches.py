@@ -128,7 +128,7 @@ class BatchMode:
             except Exception as caught:  # noqa: BLE001 - whatever the function raises takes the error path
                 error = caught
             else:
-                made = 1 + max(counts.get(_key(item.record), 0) for item in group)
+                made = 1 + max(counts.get(_key(item.record), 0) for item in group) if counts else 1
                 self.outputs.send(result, group, done, rewinds, made)
                 continue
             self.binder.channels.send(INPUT, len(group), 0.0, error)
