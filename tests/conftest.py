@@ -103,8 +103,9 @@ class Kafka:
             ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
         return ends
 
-    def read(self, topic: str, count: int, timeout: float = 60, settle: float = 0.0) -> list[Any]:
-        return read_topic(self.bootstrap, topic, count, timeout, settle)
+    def read(self, topic: str, count: int, timeout: float = 60, settle: float = 0.0,
+             until: Callable[[list[Any]], bool] | None = None) -> list[Any]:
+        return read_topic(self.bootstrap, topic, count, timeout, settle, until)
 
     def committed(self, group: str) -> dict[int, int]:
         """The group's committed offset per partition (all topics of the test are distinct)."""
