@@ -153,3 +153,19 @@ def test_rabbit_queue_arguments_are_springs_for_the_same_properties() -> None:
                                                 "x-max-length": 10, "x-message-ttl": 5000, "x-queue-mode": "lazy"}
     plain = Properties([], {})
     assert queue_arguments({key: plain.get(prop) for key, prop in consumer_properties().items()}, "d.g") == {}
+
+
+def test_both_clients_read_uncommitted_as_java_unless_told_read_committed() -> None:
+    """librdkafka's own default is read_committed, Java's and kafka-python's read_uncommitted: the binder sets
+    Java's on both, so they read a transactional producer's output alike; the consumer properties change it."""
+    from util import kafka_python
+
+    plain = Properties([*BINDING], {})
+    assert librdkafka_settings.consumer_settings(plain, resolve_input(plain))["isolation.level"] == "read_uncommitted"
+    assert kafka_python.consumer_settings(plain, resolve_input(plain)).get(
+        "isolation_level", "read_uncommitted") == "read_uncommitted"
+    committed = Properties([*BINDING, "--spring.cloud.stream.kafka.binder.consumerProperties.isolation.level="
+                                      "read_committed"], {})
+    assert librdkafka_settings.consumer_settings(committed, resolve_input(committed))["isolation.level"] == \
+        "read_committed"
+    assert kafka_python.consumer_settings(committed, resolve_input(committed))["isolation_level"] == "read_committed"

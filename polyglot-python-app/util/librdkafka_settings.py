@@ -28,8 +28,10 @@ PRODUCER_DEFAULTS = {"message.max.bytes": 1 << 20, "linger.ms": 5}
 # once over that, wait 1 s before fetching again: a small queue topped up every 5 ms keeps the loop fed at
 # full speed in a fraction of the memory (measured in `make bench`; see the README).
 # check.crcs as Java's default (librdkafka's is off: a batch damaged on the way or on disk was passed on).
+# isolation.level as Java's and kafka-python's default (librdkafka's is read_committed): both clients read a
+# transactional producer's records alike; read_committed through the consumer properties.
 CONSUMER_DEFAULTS = {"queued.min.messages": 1000, "queued.max.messages.kbytes": 1024, "fetch.queue.backoff.ms": 5,
-                     "max.partition.fetch.bytes": 128 << 10, "check.crcs": True}
+                     "max.partition.fetch.bytes": 128 << 10, "check.crcs": True, "isolation.level": "read_uncommitted"}
 # Every client: reconnects at most once a second (Java's longest back-off). When every broker is down librdkafka
 # re-bootstraps at once, with new broker connections whose back-off starts anew at reconnect.backoff.ms (librdkafka
 # issue 5546): with its 100 ms an address that resets every connection (a load balancer with no broker behind it)
