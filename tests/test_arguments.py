@@ -108,3 +108,29 @@ def test_secret_values_are_not_echoed_in_errors() -> None:
     with pytest.raises(ConfigError) as error:
         Properties(["--spring.datasource.password=hunter2"], {}).get(secret)
     assert "hunter2" not in str(error.value)
+
+
+def test_random_placeholders_as_boots_random_value_property_source() -> None:
+    import re
+    import uuid
+
+    name = Property("app.id", str, None, "An id.")
+    number = Property("app.n", int, None, "A number.")
+    args = ["--app.id=worker-${random.uuid}", "--app.n=${random.int[5,8]}", "--app.big=${random.long}",
+            "--app.small=${random.int(3)}", "--app.hex=${random.value}", "--app.int=${random.int}"]
+    props = Properties(args, {})
+    first = props.get(name)
+    assert first == props.get(name)  # drawn once per start, the same each time it is read
+    uuid.UUID(first.removeprefix("worker-"))
+    assert first != Properties(args, {}).get(name)  # another start, another value
+    assert all(5 <= Properties(args, {}).get(number) < 8 for _ in range(50))
+    assert -(1 << 63) <= int(props.resolve("${random.long}")) < 1 << 63
+    assert -(1 << 31) <= int(props.resolve("${random.int}")) < 1 << 31
+    assert {Properties(args, {}).resolve("${random.int(3)}") for _ in range(60)} == {"0", "1", "2"}
+    assert re.fullmatch("[0-9a-f]{32}", props.resolve("${random.value}"))
+    assert re.fullmatch("[0-9a-f]{32}", props.resolve("${random.other}"))  # any other random.<x>: random bytes
+    with pytest.raises(ConfigError, match=r"random.int\[9,2\]"):
+        props.resolve("${random.int[9,2]}")
+    with pytest.raises(ConfigError, match="Java int"):
+        props.resolve("${random.int(99999999999)}")
+    assert Properties(["--random.uuid=fixed", "--app.id=${random.uuid}"], {}).get(name) == "fixed"

@@ -3,7 +3,8 @@
 Precedence: command-line ``--key=value`` > ``SPRING_APPLICATION_JSON`` > environment
 variables (``SPRING_CLOUD_STREAM_BINDINGS_INPUT_DESTINATION`` or dotted names) > config files
 (``application.properties`` and YAML, see ``config_files``) > defaults. Names are compared relaxed:
-case-insensitive, ``-`` and ``_`` ignored inside a segment. ``${name:default}`` placeholders nest.
+case-insensitive, ``-`` and ``_`` ignored inside a segment. ``${name:default}`` placeholders nest;
+``${random.*}`` ones are drawn once per start, as Boot's RandomValuePropertySource draws them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config_files
+from .random_values import RandomRangeError, random_value
 
 _TRUE = frozenset({"true", "on", "yes", "1"})
 _FALSE = frozenset({"false", "off", "no", "0"})
@@ -105,6 +107,7 @@ class Properties:
         argv = sys.argv[1:] if argv is None else argv
         environ = os.environ if environ is None else environ
         app_json = environ.get("SPRING_APPLICATION_JSON", "")
+        self._randoms: dict[tuple[str, int], str] = {}  # each ${random.*} of a value: drawn once per start
         self._layers: list[dict[str, tuple[str, str]]] = [
             {canonical(k): (k, v) for k, v in parse_argv(argv).items()},
             {canonical(k): (k, v) for k, v in flatten_json(app_json).items()} if app_json.strip() else {},
@@ -185,6 +188,8 @@ class Properties:
             name, default = _split_default(value[start + 2:end])
             key = self._resolve(name, depth + 1)
             found = None if key is None else self._lookup(key, depth + 1)
+            if found is None and key is not None and key.startswith("random."):
+                found = self._random(key, value, start)
             if found is None and default is not None:
                 found = self._resolve(default, depth + 1)
             if found is None:
@@ -193,6 +198,18 @@ class Properties:
             index = end + 1
         out.append(value[index:])
         return "".join(out)
+
+    def _random(self, name: str, value: str, start: int) -> str | None:
+        """``${random.*}`` (``random_values.py``), the same each time this value is read."""
+        drawn = self._randoms.get((value, start))
+        if drawn is None:
+            try:
+                drawn = random_value(name)
+            except RandomRangeError as error:
+                raise ConfigError(f"Invalid placeholder {error}") from None
+            if drawn is not None:
+                self._randoms[(value, start)] = drawn
+        return drawn
 
     def _lookup(self, name: str, depth: int) -> str | None:
         keys = _keys(name)
