@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from util.arguments import ConfigError, Properties
 from util.profiles import ProfileError, active, matches
 
 
@@ -38,3 +40,30 @@ def test_profile_expressions_as_springs_profiles_of(expression: str, profiles: l
 def test_a_malformed_profile_expression_is_refused(expression: str) -> None:
     with pytest.raises(ProfileError, match="Malformed profile expression"):
         matches(expression, ["prod"])
+
+
+def test_profile_files_and_documents_as_boot_reads_them(tmp_path: Path) -> None:
+    (tmp_path / "application.yml").write_text(
+        "a: base\nb: base\nc: base\n---\nspring.config.activate.on-profile: prod & !eu\nb: prod-only\n"
+        "---\nspring:\n  profiles: eu\nc: eu-doc\n")
+    (tmp_path / "application-prod.yml").write_text("a: prod\nd: prod\n")
+    (tmp_path / "application-eu.properties").write_text("d=eu\n")
+    where = f"--spring.config.location=optional:file:{tmp_path}/"
+
+    def value(props: Properties, name: str) -> str | None:
+        return props.raw(name)
+
+    plain = Properties([where], {})
+    assert plain.profiles == ["default"]
+    assert [value(plain, k) for k in "abcd"] == ["base", "base", "base", None]
+    prod = Properties([where], {"SPRING_PROFILES_ACTIVE": "prod"})
+    assert prod.profiles == ["prod"]
+    assert [value(prod, k) for k in "abcd"] == ["prod", "prod-only", "base", "prod"]
+    both = Properties([where, "--spring.profiles.active=prod,eu"], {})
+    assert [value(both, k) for k in "abcd"] == ["prod", "base", "eu-doc", "eu"]  # eu, later, wins over prod
+    assert [p.name for p in both.files] == ["application.yml", "application-prod.yml", "application-eu.properties"]
+    (tmp_path / "application.yml").write_text("spring.profiles.active: prod\n")  # a plain file may name them
+    assert Properties([where], {}).profiles == ["prod"]
+    (tmp_path / "application.yml").write_text("---\nspring.config.activate.on-profile: a & b | c\nx: 1\n")
+    with pytest.raises(ConfigError, match=r"Malformed profile expression 'a & b \| c'"):
+        Properties([where], {})

@@ -111,13 +111,19 @@ def test_a_processor_reads_application_properties_and_yaml_from_its_working_dire
     (tmp_path / "config").mkdir()
     (tmp_path / "application.yml").write_text(f"spring:\n  cloud:\n    stream:\n      bindings:\n        output:\n"
                                               f"          destination: {sink}\n")
-    (tmp_path / "config" / "application.properties").write_text("reversestring=true\nserver.port=1\n")
-    app = start_stream_app("processor", source, {}, cwd=tmp_path)  # --server.port=0 on the command line wins
+    (tmp_path / "config" / "application.properties").write_text("reversestring=false\nserver.port=1\n")
+    (tmp_path / "config" / "application-prod.properties").write_text("reversestring=true\n")
+    app = start_stream_app("processor", source, {}, cwd=tmp_path,  # --server.port=0 on the command line wins
+                           env={"SPRING_PROFILES_ACTIVE": "prod"})
     app.wait_for_log("Consuming")
     kafka.produce(source, [b"abc"], headers=TEXT)
-    assert [r.value for r in kafka.read(sink, 1)] == [b"cba"]
-    assert app.json("/actuator/info")["config"]["files"] == ["application.yml", "config/application.properties"]
-    assert "Properties read from application.yml, config/application.properties" in app.log
+    assert [r.value for r in kafka.read(sink, 1)] == [b"cba"]  # the prod profile's file above the plain one
+    assert app.json("/actuator/info")["config"] == {"files": [
+        "application.yml", "config/application.properties", "config/application-prod.properties"],
+        "profiles": ["prod"]}
+    assert 'The following 1 profile is active: "prod"' in app.log
+    assert ("Properties read from application.yml, config/application.properties, "
+            "config/application-prod.properties") in app.log
     assert app.stop() == 0
 
 

@@ -96,6 +96,6 @@ def _info(properties: Properties, binder: Binder, options: Mapping[str, Property
         "app": {"name": Path(sys.argv[0]).stem, "version": os.environ.get("APP_VERSION", "dev")},
         "stream": {"name": properties.get(STREAM_NAME), "label": properties.get(APP_LABEL)},
         "bindings": bindings,
-        "config": {"files": [str(path) for path in properties.files]},
+        "config": {"files": [str(path) for path in properties.files], "profiles": properties.profiles},
         "properties": {prop.name: values[name] for name, prop in options.items() if not prop.secret},
     }

@@ -5,6 +5,8 @@ Locations, lowest precedence first (a later one overrides an earlier one, as in 
 StatefulSet pod's instance index, whatever the working directory), then the locations of
 ``spring.config.additional-location``. ``spring.config.location`` replaces the default ones. Within a
 location ``application.properties`` overrides ``application.yml``, which overrides ``application.yaml``.
+The active profiles' ``application-<profile>`` files come above every plain one (a later profile above an
+earlier one), and a document with ``spring.config.activate.on-profile`` counts when its expression matches.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from . import profiles as profiles_
 
 DEFAULT_LOCATIONS = ("optional:file:./", "optional:file:./config/", "optional:file:./config/*/",
                      "optional:file:/config/")
@@ -24,7 +28,8 @@ MAX_DEPTH = 50  # SnakeYAML's default nestingDepthLimit
 # Values (maps, lists and scalars) a YAML file may expand to: fewer aliases than the limit still double a
 # list each, 2^48 values from 48 of them.
 MAX_VALUES = 100_000
-ON_PROFILE = "spring.config.activate.on-profile"  # a document only a profile activates: no profile is active here
+ON_PROFILE = "spring.config.activate.on-profile"  # a document only a profile activates
+_CONDITIONS = ("spring.config.activate.onprofile", "spring.profiles")  # relaxed; the second is Boot 2's
 _UNICODE = re.compile(r"[0-9a-fA-F]{4}")
 
 
@@ -32,28 +37,33 @@ class ConfigFileError(Exception):
     """A location that does not exist, or a file that cannot be read; the message names the file and line."""
 
 
-def load(locations: list[tuple[str, str | None]]) -> list[tuple[Path, dict[str, str]]]:
-    """Every config file found at ``locations``, lowest first, with its properties.
+def load(locations: list[tuple[str, str | None]], profiles: list[str] | None = None) -> list[
+        tuple[Path, dict[str, str]]]:
+    """Every config file found at ``locations``, lowest first, with its properties: the plain files, then for
+    each active profile (a later one higher) its ``application-<profile>`` files (None: profiles not known yet,
+    no profile file nor profile document read).
 
     A location is ``[optional:][file:]path`` and the property that named it (None: a default one).
     """
     found: list[tuple[Path, dict[str, str]]] = []
     seen: set[Path] = set()
-    for location, origin in locations:
-        try:
-            paths = _files(location)
-        except ConfigFileError as error:
-            raise ConfigFileError(f"{error} (property '{origin}')" if origin else str(error)) from None
-        for path in paths:
-            resolved = path.resolve()
-            if resolved not in seen:
-                seen.add(resolved)
-                found.append((path, read(path)))
+    for profile in [None, *(profiles or [])]:
+        for location, origin in locations:
+            try:
+                paths = _files(location, profile)
+            except ConfigFileError as error:
+                raise ConfigFileError(f"{error} (property '{origin}')" if origin else str(error)) from None
+            for path in paths:
+                resolved = path.resolve()
+                if resolved not in seen:
+                    seen.add(resolved)
+                    found.append((path, read(path, profiles)))
     return found
 
 
-def _files(location: str) -> list[Path]:
-    """The config files of one location, lowest precedence first."""
+def _files(location: str, profile: str | None = None) -> list[Path]:
+    """The config files of one location (``application-<profile>`` ones for a profile), lowest first; a file
+    location is read with the plain files only."""
     text, optional = location.strip(), False
     if text.startswith("optional:"):
         text, optional = text[len("optional:"):], True
@@ -74,8 +84,10 @@ def _files(location: str) -> list[Path]:
             if not directories[0].is_dir() and not optional:
                 raise ConfigFileError(f"config location '{location}' does not exist (prefix it with 'optional:' "
                                       "if it may be missing)")
-        return [d / f"application{ext}" for d in directories for ext in EXTENSIONS
-                if (d / f"application{ext}").is_file()]
+        stem = "application" if profile is None else f"application-{profile}"
+        return [d / f"{stem}{ext}" for d in directories for ext in EXTENSIONS if (d / f"{stem}{ext}").is_file()]
+    if profile is not None:
+        return []
     path = Path(text)
     if path.suffix not in EXTENSIONS:
         raise ConfigFileError(f"config location '{location}': expected a directory ending with '/' or a "
@@ -88,8 +100,8 @@ def _files(location: str) -> list[Path]:
     return [path]
 
 
-def read(path: Path) -> dict[str, str]:
-    """One file's properties (documents that a profile activates are left out)."""
+def read(path: Path, profiles: list[str] | None = None) -> dict[str, str]:
+    """One file's properties (a document a profile activates only when it matches ``profiles``)."""
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -99,16 +111,16 @@ def read(path: Path) -> dict[str, str]:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             text = data.decode("iso-8859-1")  # what java.util.Properties reads
-        return read_properties(text, str(path))
+        return read_properties(text, str(path), profiles)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data[:error.start].count(b"\n") + 1
         raise ConfigFileError(f"{path}:{line}: not UTF-8 text (YAML files are UTF-8)") from None
-    return read_yaml(text, str(path))
+    return read_yaml(text, str(path), profiles)
 
 
-def read_properties(text: str, name: str) -> dict[str, str]:
+def read_properties(text: str, name: str, profiles: list[str] | None = None) -> dict[str, str]:
     """A ``.properties`` file as ``java.util.Properties`` reads it; ``#---`` separates documents, as in Boot."""
     documents: list[dict[str, str]] = [{}]
     lines = text.splitlines()
@@ -131,7 +143,7 @@ def read_properties(text: str, name: str) -> dict[str, str]:
         if not key:
             raise ConfigFileError(f"{name}:{start}: a value with no property name ('{line[:60]}')")
         documents[-1][_unescape(key, name, start)] = _unescape(value, name, start)
-    return _merge(documents)
+    return _merge(documents, profiles, name)
 
 
 def _continues(line: str) -> bool:
@@ -178,7 +190,7 @@ def _unescape(text: str, name: str, line: int) -> str:
     return "".join(out)
 
 
-def read_yaml(text: str, name: str) -> dict[str, str]:
+def read_yaml(text: str, name: str, profiles: list[str] | None = None) -> dict[str, str]:
     """A YAML file's documents, flattened as Spring Boot does: ``a.b.c``, ``list[0]``, ``true``, null as empty."""
     import yaml  # only when there is a YAML file: its C extension costs a megabyte or two of memory
 
@@ -208,7 +220,7 @@ def read_yaml(text: str, name: str) -> dict[str, str]:
             raise ConfigFileError(f"{name}: document {number} expands to more than {MAX_VALUES:,} values (its "
                                   "aliases refer to each other): expand them or use fewer") from None
         flat_documents.append(flat)
-    return _merge(flat_documents)
+    return _merge(flat_documents, profiles, name)
 
 
 def _merging(yaml: Any, loader: type) -> type:
@@ -269,12 +281,20 @@ def _flatten(prefix: str, value: Any, flat: dict[str, str], holders: tuple[int, 
         flat[prefix] = "" if value is None else str(value)
 
 
-def _merge(documents: list[dict[str, str]]) -> dict[str, str]:
-    """Later documents override earlier ones; a document a profile activates is left out (none is active)."""
+def _merge(documents: list[dict[str, str]], profiles: list[str] | None, name: str) -> dict[str, str]:
+    """Later documents override earlier ones; one a profile activates (``spring.config.activate.on-profile``, or
+    Boot 2's ``spring.profiles``) only when its expression matches the active ``profiles`` (None: not known yet,
+    left out)."""
     merged: dict[str, str] = {}
     for document in documents:
-        if not any(_relaxed(key) == _relaxed(ON_PROFILE) for key in document):
-            merged.update(document)
+        condition = next((value for key, value in document.items() if _relaxed(key) in _CONDITIONS), None)
+        if condition is not None:
+            try:
+                if profiles is None or not profiles_.matches(condition, profiles):
+                    continue
+            except profiles_.ProfileError as error:
+                raise ConfigFileError(f"{name}: {error}") from None
+        merged.update(document)
     return merged
 
 

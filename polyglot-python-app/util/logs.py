@@ -89,6 +89,11 @@ def read_properties(options: Mapping[str, Property]) -> tuple[Properties, dict[s
     them, and the values of its own options."""
     properties = Properties()
     configure_logging(properties)
+    if properties.profiles == ["default"]:  # Boot's lines (this one at DEBUG: nothing was set)
+        log.debug('No active profile set, falling back to 1 default profile: "default"')
+    else:
+        log.info("The following %d profile%s active: %s", len(properties.profiles),
+                 " is" if len(properties.profiles) == 1 else "s are", ", ".join(f'"{p}"' for p in properties.profiles))
     if properties.files:
         log.info("Properties read from %s", ", ".join(map(str, properties.files)))
     return properties, {name: properties.get(prop) for name, prop in options.items()}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config_files
+from . import config_files, profiles
 from .random_values import RandomRangeError, random_value
 
 _TRUE = frozenset({"true", "on", "yes", "1"})
@@ -113,12 +113,18 @@ class Properties:
             {canonical(k): (k, v) for k, v in flatten_json(app_json).items()} if app_json.strip() else {},
             {env_canonical(k): (k, v) for k, v in environ.items()},
         ]
-        try:
-            found = config_files.load(self._locations())
+        above = list(self._layers)
+        try:  # the plain files first: they may name the active profiles, which then choose what else is read
+            self._add_files(above, config_files.load(self._locations()))
+            self.profiles = profiles.active(self.raw)  # the active profiles, a later one winning
+            self._add_files(above, config_files.load(self._locations(), self.profiles))
         except config_files.ConfigFileError as error:
             raise ConfigError(str(error)) from None
+
+    def _add_files(self, above: list[dict[str, tuple[str, str]]], found: list[tuple[Path, dict[str, str]]]) -> None:
+        """The sources above the config files, then ``found`` (lowest first) below them."""
         self.files: list[Path] = [path for path, _ in found]  # the config files read, lowest precedence first
-        self._layers.extend({canonical(k): (k, v) for k, v in values.items()} for _, values in reversed(found))
+        self._layers = [*above, *({canonical(k): (k, v) for k, v in values.items()} for _, values in reversed(found))]
 
     def _locations(self) -> list[tuple[str, str | None]]:
         """Where config files are looked for, and the property naming each, from the sources above them."""
