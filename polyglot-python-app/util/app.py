@@ -97,5 +97,5 @@ def _info(properties: Properties, binder: Binder, options: Mapping[str, Property
         "stream": {"name": properties.get(STREAM_NAME), "label": properties.get(APP_LABEL)},
         "bindings": bindings,
         "config": {"files": [str(path) for path in properties.files], "profiles": properties.profiles},
-        "properties": {prop.name: values[name] for name, prop in options.items() if not prop.secret},
+        "properties": {prop.name: values[name] for name, prop in options.items() if not properties.secret(prop)},
     }

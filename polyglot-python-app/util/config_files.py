@@ -16,7 +16,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from . import config_imports
 from . import profiles as profiles_
+from .config_imports import Found
 
 DEFAULT_LOCATIONS = ("optional:file:./", "optional:file:./config/", "optional:file:./config/*/",
                      "optional:file:/config/")
@@ -37,15 +39,16 @@ class ConfigFileError(Exception):
     """A location that does not exist, or a file that cannot be read; the message names the file and line."""
 
 
-def load(locations: list[tuple[str, str | None]], profiles: list[str] | None = None) -> list[
-        tuple[Path, dict[str, str]]]:
+def load(locations: list[tuple[str, str | None]], profiles: list[str] | None = None,
+         initial_imports: str | None = None) -> list[Found]:
     """Every config file found at ``locations``, lowest first, with its properties: the plain files, then for
     each active profile (a later one higher) its ``application-<profile>`` files (None: profiles not known yet,
     no profile file nor profile document read).
 
-    A location is ``[optional:][file:]path`` and the property that named it (None: a default one).
+    A location is ``[optional:][file:]path`` and the property that named it (None: a default one). Each file's
+    ``spring.config.import`` comes right above it, ``initial_imports`` (set above the files) above them all.
     """
-    found: list[tuple[Path, dict[str, str]]] = []
+    found: list[Found] = []
     seen: set[Path] = set()
     for profile in [None, *(profiles or [])]:
         for location, origin in locations:
@@ -54,11 +57,32 @@ def load(locations: list[tuple[str, str | None]], profiles: list[str] | None = N
             except ConfigFileError as error:
                 raise ConfigFileError(f"{error} (property '{origin}')" if origin else str(error)) from None
             for path in paths:
-                resolved = path.resolve()
-                if resolved not in seen:
-                    seen.add(resolved)
-                    found.append((path, read(path, profiles)))
+                _add((path, read(path, profiles), False), found, seen, profiles, 0)
+    for source in _imported(initial_imports, None, profiles):
+        _add(source, found, seen, profiles, 0)
     return found
+
+
+def _add(source: Found, found: list[Found], seen: set[Path], profiles: list[str] | None, depth: int) -> None:
+    """A source, once, then what it imports above it."""
+    resolved = source[0].resolve()
+    if resolved in seen:
+        return
+    seen.add(resolved)
+    found.append(source)
+    if depth > 10:
+        raise ConfigFileError(f"{source[0]}: spring.config.import nests more than 10 deep")
+    if not source[2]:  # a config tree imports nothing
+        value = next((v for k, v in source[1].items() if _relaxed(k) == _relaxed(config_imports.IMPORT)), None)
+        for imported in _imported(value, source[0].parent, profiles):
+            _add(imported, found, seen, profiles, depth + 1)
+
+
+def _imported(value: str | None, base: Path | None, profiles: list[str] | None) -> list[Found]:
+    try:
+        return config_imports.imports(value, base, lambda path: read(path, profiles), _files)
+    except config_imports.ConfigImportError as error:
+        raise ConfigFileError(str(error)) from None
 
 
 def _files(location: str, profile: str | None = None) -> list[Path]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config_files, profiles
+from . import config_files, config_imports, profiles
 from .random_values import RandomRangeError, random_value
 
 _TRUE = frozenset({"true", "on", "yes", "1"})
@@ -108,23 +108,27 @@ class Properties:
         environ = os.environ if environ is None else environ
         app_json = environ.get("SPRING_APPLICATION_JSON", "")
         self._randoms: dict[tuple[str, int], str] = {}  # each ${random.*} of a value: drawn once per start
+        self._secret: set[int] = set()
         self._layers: list[dict[str, tuple[str, str]]] = [
             {canonical(k): (k, v) for k, v in parse_argv(argv).items()},
             {canonical(k): (k, v) for k, v in flatten_json(app_json).items()} if app_json.strip() else {},
             {env_canonical(k): (k, v) for k, v in environ.items()},
         ]
         above = list(self._layers)
+        imports = self.raw(config_imports.IMPORT)
         try:  # the plain files first: they may name the active profiles, which then choose what else is read
-            self._add_files(above, config_files.load(self._locations()))
+            self._add_files(above, config_files.load(self._locations(), None, imports))
             self.profiles = profiles.active(self.raw)  # the active profiles, a later one winning
-            self._add_files(above, config_files.load(self._locations(), self.profiles))
+            self._add_files(above, config_files.load(self._locations(), self.profiles, imports))
         except config_files.ConfigFileError as error:
             raise ConfigError(str(error)) from None
 
-    def _add_files(self, above: list[dict[str, tuple[str, str]]], found: list[tuple[Path, dict[str, str]]]) -> None:
+    def _add_files(self, above: list[dict[str, tuple[str, str]]], found: list[config_imports.Found]) -> None:
         """The sources above the config files, then ``found`` (lowest first) below them."""
-        self.files: list[Path] = [path for path, _ in found]  # the config files read, lowest precedence first
-        self._layers = [*above, *({canonical(k): (k, v) for k, v in values.items()} for _, values in reversed(found))]
+        self.files: list[Path] = [path for path, _, _ in found]  # the sources read, lowest precedence first
+        layers = [({canonical(k): (k, v) for k, v in values.items()}, secret) for _, values, secret in reversed(found)]
+        self._layers = [*above, *(layer for layer, _ in layers)]
+        self._secret = {id(layer) for layer, secret in layers if secret}  # config trees: values never shown
 
     def _locations(self) -> list[tuple[str, str | None]]:
         """Where config files are looked for, and the property naming each, from the sources above them."""
@@ -153,7 +157,17 @@ class Properties:
             if prop.required:
                 raise ConfigError(f"Missing required property '{prop.name}': {prop.description}")
             return prop.default
-        return convert(prop, value)
+        return convert(prop, value, hidden=self.secret(prop))
+
+    def secret(self, prop: Property) -> bool:
+        """The property is a secret, or its value comes from a config tree (a mounted Secret)."""
+        if prop.secret:
+            return True
+        keys = [key for n in (prop.name, *prop.aliases) for key in _keys(n)]
+        for layer in self._layers:
+            if any(key in layer for key in keys):
+                return id(layer) in self._secret
+        return False
 
     def subtree(self, prefix: str, as_written: bool = False) -> dict[str, str]:
         """Every ``prefix.<key>=value`` as ``{<key>: value}``, in precedence.
@@ -271,9 +285,10 @@ def _suffix(name: str, segments: int) -> str:
     return ".".join(parts[segments:])
 
 
-def convert(prop: Property, value: str) -> Any:
-    """Parse a raw string as the property's type; ConfigError names the property on a bad value."""
-    shown = "<hidden>" if prop.secret else repr(value[:100])
+def convert(prop: Property, value: str, hidden: bool = False) -> Any:
+    """Parse a raw string as the property's type; ConfigError names the property on a bad value (``hidden``, or a
+    secret property: without it)."""
+    shown = "<hidden>" if prop.secret or hidden else repr(value[:100])
     text = value.strip()
     if prop.type is bool:
         if text.lower() in _TRUE:
