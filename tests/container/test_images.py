@@ -131,7 +131,8 @@ def test_processor_image_reads_the_instance_index_the_statefulset_init_container
     kafka.produce(source, [b"zero"], headers=[("contentType", b"text/plain")], partition=0)
     kafka.produce(source, [b"one"], headers=[("contentType", b"text/plain")], partition=1)
     assert [r.value for r in kafka.read(sink, 1, settle=2.0)] == [b"eno"]  # partition 0 is instance 0's
-    assert json.loads(http_get(port, "/actuator/info")[1])["config"] == {"files": ["/config/application.properties"]}
+    assert json.loads(http_get(port, "/actuator/info")[1])["config"] == {"files": ["/config/application.properties"],
+                                                                         "profiles": ["default"]}
     assert 'instance_index="1"' in http_get(port, "/actuator/prometheus")[1]
     assert container.stop() == 0
 
