@@ -73,7 +73,7 @@ $(STAMP): requirements-dev.txt $(addsuffix /requirements.txt,$(RECIPES)) | syste
 # build of mysqlclient, the MariaDB and PostgreSQL servers the task tests start, Prometheus for the monitoring
 # test, and what the container tests build and run the real Dockerfiles with (no Docker engine needed).
 DEBS := python3-venv python3-dev gcc pkg-config default-libmysqlclient-dev mariadb-server postgresql \
-        podman buildah runc debootstrap prometheus rabbitmq-server
+        podman buildah runc debootstrap prometheus prometheus-pushgateway rabbitmq-server
 system-deps:
 	@missing=$$(dpkg-query -W -f='$${db:Status-Abbrev} $${Package}\n' $(DEBS) 2>&1 | awk '$$1 != "ii" {print $$NF}'); \
 	if [ -n "$$missing" ]; then \
