@@ -70,8 +70,8 @@ $(STAMP): requirements-dev.txt $(addsuffix /requirements.txt,$(RECIPES)) | syste
 	touch $@
 
 # Debian packages on a fresh machine, installed only when missing (as root, or with sudo): the venv, the
-# build of mysqlclient, the MariaDB and PostgreSQL servers the task tests start, Prometheus for the monitoring
-# test, and what the container tests build and run the real Dockerfiles with (no Docker engine needed).
+# build of mysqlclient, the MariaDB and PostgreSQL servers the task tests start, Prometheus and its Pushgateway for
+# the monitoring tests, and what the container tests build and run the real Dockerfiles with (no Docker engine needed).
 DEBS := python3-venv python3-dev gcc pkg-config default-libmysqlclient-dev mariadb-server postgresql \
         podman buildah runc debootstrap prometheus prometheus-pushgateway rabbitmq-server
 system-deps:
