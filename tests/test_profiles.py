@@ -67,3 +67,35 @@ def test_profile_files_and_documents_as_boot_reads_them(tmp_path: Path) -> None:
     (tmp_path / "application.yml").write_text("---\nspring.config.activate.on-profile: a & b | c\nx: 1\n")
     with pytest.raises(ConfigError, match=r"Malformed profile expression 'a & b \| c'"):
         Properties([where], {})
+
+
+def test_location_groups_order_profile_files_as_boots_documented_example(tmp_path: Path) -> None:
+    """Boot's reference: with prod,live active, ``cfg/,ext/`` reads all of cfg before ext; ``cfg/;ext/`` (one
+    group) reads each profile across both locations before the next profile."""
+    cfg, ext = tmp_path / "cfg", tmp_path / "ext"
+    cfg.mkdir()
+    ext.mkdir()
+    (cfg / "application-live.properties").write_text("x=cfg-live\n")
+    (ext / "application-prod.properties").write_text("x=ext-prod\n")
+    (ext / "application-live.properties").write_text("y=ext-live\n")
+    active = "--spring.profiles.active=prod,live"
+    apart = Properties([f"--spring.config.location=file:{cfg}/,file:{ext}/", active], {})
+    assert [str(p.relative_to(tmp_path)) for p in apart.files] == [
+        "cfg/application-live.properties", "ext/application-prod.properties", "ext/application-live.properties"]
+    assert apart.raw("x") == "ext-prod"
+    grouped = Properties([f"--spring.config.location=file:{cfg}/;file:{ext}/", active], {})
+    assert [str(p.relative_to(tmp_path)) for p in grouped.files] == [
+        "ext/application-prod.properties", "cfg/application-live.properties", "ext/application-live.properties"]
+    assert grouped.raw("x") == "cfg-live"
+
+
+def test_a_file_location_reads_its_profile_variant_beside_it(tmp_path: Path) -> None:
+    (tmp_path / "step.yml").write_text("a: plain\nb: plain\n")
+    (tmp_path / "step-prod.yml").write_text("a: prod\n")
+    props = Properties([f"--spring.config.location=file:{tmp_path}/step.yml", "--spring.profiles.active=prod,eu"],
+                       {})
+    assert [p.name for p in props.files] == ["step.yml", "step-prod.yml"]  # no step-eu.yml: nothing required
+    assert (props.raw("a"), props.raw("b")) == ("prod", "plain")
+    extra = Properties([f"--spring.config.additional-location=optional:file:{tmp_path}/step.yml"],
+                       {"SPRING_PROFILES_ACTIVE": "prod"})
+    assert extra.raw("a") == "prod"

@@ -1,12 +1,14 @@
 """Spring Boot's config files: where they are looked for, and how ``.properties`` and YAML files read.
 
-Locations, lowest precedence first (a later one overrides an earlier one, as in Spring Boot):
-``./``, ``./config/``, ``./config/*/``, ``/config/`` (where Data Flow's Kubernetes deployer writes a
+Locations, lowest precedence first (a later one overrides an earlier one, as in Spring Boot): the group
+``./;./config/;./config/*/;/config/`` (the last is where Data Flow's Kubernetes deployer writes a
 StatefulSet pod's instance index, whatever the working directory), then the locations of
 ``spring.config.additional-location``. ``spring.config.location`` replaces the default ones. Within a
 location ``application.properties`` overrides ``application.yml``, which overrides ``application.yaml``.
-The active profiles' ``application-<profile>`` files come above every plain one (a later profile above an
-earlier one), and a document with ``spring.config.activate.on-profile`` counts when its expression matches.
+Locations are read a group at a time (a comma separates groups, ``;`` the locations of one group): the
+group's plain files, then each active profile's ``application-<profile>`` files (``name-<profile>.ext``
+beside a file location), a later profile above an earlier one. A document with
+``spring.config.activate.on-profile`` counts when its expression matches.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ from . import config_imports
 from . import profiles as profiles_
 from .config_imports import Found
 
-DEFAULT_LOCATIONS = ("optional:file:./", "optional:file:./config/", "optional:file:./config/*/",
-                     "optional:file:/config/")
+DEFAULT_LOCATIONS = ("optional:file:./;optional:file:./config/;optional:file:./config/*/;optional:file:/config/",)
 LOCATION = "spring.config.location"
 ADDITIONAL_LOCATION = "spring.config.additional-location"
 EXTENSIONS = (".yaml", ".yml", ".properties")  # lowest precedence first
@@ -41,23 +42,25 @@ class ConfigFileError(Exception):
 
 def load(locations: list[tuple[str, str | None]], profiles: list[str] | None = None,
          initial_imports: str | None = None) -> list[Found]:
-    """Every config file found at ``locations``, lowest first, with its properties: the plain files, then for
-    each active profile (a later one higher) its ``application-<profile>`` files (None: profiles not known yet,
-    no profile file nor profile document read).
+    """Every config file found at ``locations``, lowest first, with its properties: a group of locations at a
+    time, its plain files, then for each active profile (a later one higher) its profile files (None: profiles
+    not known yet, no profile file nor profile document read).
 
-    A location is ``[optional:][file:]path`` and the property that named it (None: a default one). Each file's
-    ``spring.config.import`` comes right above it, ``initial_imports`` (set above the files) above them all.
+    A group is ``;``-separated ``[optional:][file:]path`` locations, with the property that named it (None: the
+    default one). Each file's ``spring.config.import`` comes right above it, ``initial_imports`` (set above the
+    files) above them all.
     """
     found: list[Found] = []
     seen: set[Path] = set()
-    for profile in [None, *(profiles or [])]:
-        for location, origin in locations:
-            try:
-                paths = _files(location, profile)
-            except ConfigFileError as error:
-                raise ConfigFileError(f"{error} (property '{origin}')" if origin else str(error)) from None
-            for path in paths:
-                _add((path, read(path, profiles), False), found, seen, profiles, 0)
+    for group, origin in locations:
+        for profile in [None, *(profiles or [])]:
+            for location in (item for item in group.split(";") if item.strip()):
+                try:
+                    paths = _files(location, profile)
+                except ConfigFileError as error:
+                    raise ConfigFileError(f"{error} (property '{origin}')" if origin else str(error)) from None
+                for path in paths:
+                    _add((path, read(path, profiles), False), found, seen, profiles, 0)
     for source in _imported(initial_imports, None, profiles):
         _add(source, found, seen, profiles, 0)
     return found
@@ -86,8 +89,8 @@ def _imported(value: str | None, base: Path | None, profiles: list[str] | None) 
 
 
 def _files(location: str, profile: str | None = None) -> list[Path]:
-    """The config files of one location (``application-<profile>`` ones for a profile), lowest first; a file
-    location is read with the plain files only."""
+    """The config files of one location (``application-<profile>`` ones for a profile, ``name-<profile>.ext``
+    beside a file location, optional), lowest first."""
     text, optional = location.strip(), False
     if text.startswith("optional:"):
         text, optional = text[len("optional:"):], True
@@ -110,12 +113,13 @@ def _files(location: str, profile: str | None = None) -> list[Path]:
                                       "if it may be missing)")
         stem = "application" if profile is None else f"application-{profile}"
         return [d / f"{stem}{ext}" for d in directories for ext in EXTENSIONS if (d / f"{stem}{ext}").is_file()]
-    if profile is not None:
-        return []
     path = Path(text)
     if path.suffix not in EXTENSIONS:
         raise ConfigFileError(f"config location '{location}': expected a directory ending with '/' or a "
                               f"{', '.join(EXTENSIONS)} file")
+    if profile is not None:
+        variant = path.with_name(f"{path.stem}-{profile}{path.suffix}")
+        return [variant] if variant.is_file() else []
     if not path.is_file():
         if optional:
             return []
