@@ -125,6 +125,34 @@ def test_password_with_special_characters_from_a_secret_env_var(
     assert password not in app.log
 
 
+def test_a_profile_file_and_a_secret_mounted_as_a_config_tree(
+        task_db: Callable[..., TaskDatabase], start_app: StartApp, tmp_path: Path) -> None:
+    """As an operator configures a Spring task on Kubernetes: SPRING_PROFILES_ACTIVE picks application-prod.yml
+    in the working directory, which imports the password from a Secret mounted as a config tree (Kubernetes'
+    ..data symlink layout); the password is in no log line (DEBUG) and no task row."""
+    password = "s3cret-from-a-volume"
+    db = task_db(user="mounted", password=password)
+    db.insert_execution(12, "python-task")
+    secret = tmp_path / "secrets"
+    (secret / "..2026_12_04_00_00_00.1").mkdir(parents=True)
+    (secret / "..2026_12_04_00_00_00.1" / "spring.datasource.password").write_text(password + "\n")
+    (secret / "..data").symlink_to("..2026_12_04_00_00_00.1")
+    (secret / "spring.datasource.password").symlink_to("..data/spring.datasource.password")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "application-prod.yml").write_text(
+        f"spring.config.import: optional:configtree:{secret}/\nexit:\n  message: from-the-prod-profile\n")
+    args = [a for a in db.args if "password" not in a]
+    app = start_app(TASK_SCRIPT, [QUICK, "--spring.cloud.task.executionid=12", "--logging.level.root=DEBUG", *args],
+                    {"SPRING_PROFILES_ACTIVE": "prod"}, cwd=work)
+    assert app.wait(60) == 0, app.log
+    row = db.rows()[12]
+    assert (row["EXIT_CODE"], row["EXIT_MESSAGE"]) == (0, "from-the-prod-profile")
+    assert 'The following 1 profile is active: "prod"' in app.log
+    assert password not in app.log
+    assert not [param for param in db.params(12) if password in param]
+
+
 def test_wrong_password_is_one_clear_line(task_db: Callable[..., TaskDatabase], start_app: StartApp) -> None:
     db = task_db()
     app = start_app(TASK_SCRIPT, [QUICK, *db.args[:2], "--spring.datasource.password=wrong-one",

@@ -171,6 +171,42 @@ def test_task_image_completes_the_row_and_fails_with_error_message(
     assert "MyTestError" in rows[2]["ERROR_MESSAGE"]
 
 
+def secret_volume(where: Path, files: dict[str, str]) -> Path:
+    """A directory laid out as Kubernetes mounts a Secret: the files in a timestamped directory behind ``..data``,
+    a symlink a name; readable by the image's non-root user."""
+    data = where / "..2026_12_04_00_00_00.1"
+    data.mkdir(parents=True, mode=0o755)
+    where.chmod(0o755)
+    (where / "..data").symlink_to(data.name)
+    for name, value in files.items():
+        (data / name).write_text(value)
+        (data / name).chmod(0o644)
+        (where / name).symlink_to(f"..data/{name}")
+    return where
+
+
+def test_task_image_reads_a_profile_from_a_config_map_and_a_password_from_a_secret_config_tree(
+        images: dict[str, str], mariadb: MariaDB, podman_env: dict[str, str], run: Callable[..., Container],
+        tmp_path: Path) -> None:
+    """SPRING_PROFILES_ACTIVE picks /config/application-prod.yml (a mounted ConfigMap); SPRING_CONFIG_IMPORT
+    reads the datasource password from a mounted Secret; the password is in no output and no task row."""
+    password = "from-a-mounted-secret"
+    db = new_task_db(mariadb, user="from-a-tree", password=password)
+    db.insert_execution(3, "python-task")
+    secrets = secret_volume(tmp_path / "secrets", {"spring.datasource.password": password + "\n"})
+    config = secret_volume(tmp_path / "config", {"application-prod.yml": "exit.message: prod-from-a-config-map\n"})
+    args = ["--sleep.seconds=0", "--spring.cloud.task.name=python-task", "--spring.cloud.task.executionid=3",
+            "--logging.level.root=DEBUG", *(a for a in db.args if "password" not in a)]
+    container = run(images[RECIPE["task"]], args,
+                    env={"SPRING_PROFILES_ACTIVE": "prod", "SPRING_CONFIG_IMPORT": "optional:configtree:/etc/secrets/"},
+                    volumes={str(secrets): "/etc/secrets", str(config): "/config"})
+    assert container.process.wait(120) == 0, container.log
+    row = db.rows()[3]
+    assert (row["EXIT_CODE"], row["EXIT_MESSAGE"]) == (0, "prod-from-a-config-map")
+    assert password not in container.log
+    assert not [param for param in db.params(3) if password in param]
+
+
 @pytest.mark.parametrize("recipe", sorted(RECIPE))
 def test_image_labels_list_every_property_and_the_build(
         recipe: str, images: dict[str, str], podman_env: dict[str, str]) -> None:
