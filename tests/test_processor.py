@@ -187,3 +187,30 @@ def test_config_errors_stop_before_kafka_with_one_line(start_app: Callable[..., 
         assert len(lines) == 1, lines
         assert "Configuration error" in lines[0]
         assert f"'{name}'" in lines[0]
+
+
+def test_an_open_transactions_records_are_read_as_java_reads_them_unless_read_committed(
+        kafka: Kafka, names: Callable[[str], str], start_processor: StartProcessor, broker: Tansu) -> None:
+    """A transactional producer's records before its commit: read at once by default (read_uncommitted, Java's
+    default, on both clients), held back with isolation.level=read_committed until the commit."""
+    from confluent_kafka import Producer
+
+    source, plain_sink, committed_sink = kafka.create(names("in")), names("plain"), names("committed")
+    kafka.produce(source, [b"before"], headers=TEXT)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": names("tx")})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.produce(source, b"open", headers=TEXT)
+    assert producer.flush(30) == 0
+    plain = start_processor(source, plain_sink, "--reversestring=true", group=names("plain"))
+    held = start_processor(source, committed_sink, "--reversestring=true",
+                           "--spring.cloud.stream.kafka.binder.consumerProperties.isolation.level=read_committed",
+                           group=names("held"))
+    assert [r.value for r in kafka.read(plain_sink, 2)] == [b"erofeb", b"nepo"]
+    # read_committed stops at the open transaction: what came before it, then nothing while it stays open
+    assert [r.value for r in kafka.read(committed_sink, 1, settle=2.0)] == [b"erofeb"]
+    producer.commit_transaction(30)
+    assert [r.value for r in kafka.read(committed_sink, 2, settle=1.0)] == [b"erofeb", b"nepo"]
+    assert [r.value for r in kafka.read(plain_sink, 2, settle=1.0)] == [b"erofeb", b"nepo"]  # no record of the marker
+    assert plain.stop() == 0
+    assert held.stop() == 0
