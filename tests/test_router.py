@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,26 @@ def test_missing_destination_fails_fast_with_its_name(
     assert app.wait(timeout=20) == 1
     assert f"'spring.cloud.stream.bindings.{missing}.destination'" in app.log
     assert len(app.log.strip().splitlines()) == 1
+
+
+@pytest.mark.one_client
+def test_an_on_profile_document_and_a_config_tree_wire_the_router(
+        kafka: Kafka, names: Callable[[str], str], start_stream_app: Callable[..., App], tmp_path: Path) -> None:
+    """The router's outputs from config data only: ``even`` from a config tree (a mounted ConfigMap), ``odd``
+    from a document of application.yml that the active profile switches on; the tree's value stays hidden."""
+    source, even, odd = kafka.create(names("time")), names("even"), names("odd")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "spring.cloud.stream.bindings.even.destination").write_text(even + "\n")
+    (tmp_path / "application.yml").write_text(
+        f"spring.config.import: optional:configtree:tree/\n"
+        f"---\nspring.config.activate.on-profile: k8s & !local\nspring.cloud.stream.bindings.odd.destination: {odd}\n")
+    app = start_stream_app("router", source, {}, cwd=tmp_path, env={"SPRING_PROFILES_ACTIVE": "k8s"})
+    app.wait_for_log("Consuming")
+    kafka.produce(source, [b"05/17/21 17:56:36", b"05/17/21 17:56:37"])
+    assert [r.value for r in kafka.read(even, 1)] == [b"Even timestamp: 05/17/21 17:56:36"]
+    assert [r.value for r in kafka.read(odd, 1)] == [b"Odd timestamp: 05/17/21 17:56:37"]
+    info = app.json("/actuator/info")["config"]
+    assert info["profiles"] == ["k8s"]
+    assert even not in json.dumps(info)
+    assert app.stop() == 0
