@@ -33,7 +33,8 @@ from .task_text import stack_trace
 log = logging.getLogger(__name__)
 
 ENABLED = Property("spring.cloud.task.single-instance-enabled", bool, False,
-                   "Refuse to run while an execution of the same task name runs (a row in <prefix>LOCK).")
+                   "Refuse to run while an execution of the same task name runs, as Spring Cloud Task does "
+                   "(a row in TASK_LOCK).")
 TTL = Property("spring.cloud.task.single-instance-lock-ttl", int, 2**31 - 1,
                "Seconds a lock outlives its last renewal (every 500 ms while held): how long the lock of a "
                "killed task blocks the next launch.")
