@@ -169,3 +169,23 @@ def test_a_database_error_while_locking_is_one_clear_line(target: Target, start_
     row = target.execution(2)
     assert (row["EXIT_CODE"], row["END_TIME"] is not None) == (1, True)
     assert row["ERROR_MESSAGE"].startswith("Cannot take the single-instance lock")
+
+
+@pytest.mark.parametrize("kind", ["mariadb", "postgresql"])
+def test_a_database_restart_while_holding_the_lock_still_releases_it(
+        kind: str, request: pytest.FixtureRequest, start_app: StartApp) -> None:
+    server = request.getfixturevalue(kind)
+    db = new_task_db(server)
+    target = Target(db.args, lambda sql: db.server.admin(sql, database=db.name), db.table("LOCK"),
+                    db.table("EXECUTION"))
+    app = launch(start_app, target, "--sleep.seconds=4")
+    app.wait_for_log("started, execution id 1")
+    server.stop()
+    try:  # the heartbeat fails: one warning, then it goes on trying
+        app.wait_for_log("Cannot renew the single-instance lock of task python-task: the database failed")
+    finally:
+        server.start()
+    assert app.wait(90) == 0, app.log
+    assert app.log.count("Cannot renew the single-instance lock") == 1
+    assert target.lock_rows() == []
+    assert target.execution(1)["EXIT_CODE"] == 0

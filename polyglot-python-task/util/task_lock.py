@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, and_, create_engine, delete, or_, update
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from .arguments import ConfigError, Properties, Property
 from .datasource import Datasource
@@ -120,12 +121,11 @@ class TaskLock:
 
     def __init__(self, source: Datasource, prefix: str, name: str, execution_id: int,
                  lock_settings: LockSettings) -> None:
-        # One connection of its own, kept for the heartbeat; READ COMMITTED as Spring takes it: in InnoDB's
-        # REPEATABLE READ two launches' gap locks would deadlock each other.
-        sqlite = source.dialect == "sqlite"
-        options: dict[str, Any] = ({"connect_args": {"check_same_thread": False}} if sqlite else
-                                   {"isolation_level": "READ COMMITTED"})
-        self.engine: Engine = create_engine(source.url, pool_size=1, max_overflow=0, pool_pre_ping=True, **options)
+        # READ COMMITTED, as Spring takes it: in InnoDB's REPEATABLE READ two launches' gap locks would deadlock
+        # each other. NullPool, as the task's own writes: no idle connection between heartbeats (one would hold
+        # off a PostgreSQL smart shutdown, and break unseen when the database restarts).
+        options: dict[str, Any] = {} if source.dialect == "sqlite" else {"isolation_level": "READ COMMITTED"}
+        self.engine: Engine = create_engine(source.url, poolclass=NullPool, **options)
         table = f"{prefix}LOCK".lower() if source.dialect == "postgresql" else f"{prefix}LOCK"
         self.table = Table(table, MetaData(), Column("lock_key", String(36), primary_key=True),
                            Column("region", String(100), primary_key=True), Column("client_id", String(36)),
@@ -201,7 +201,7 @@ class TaskLock:
         ``retry_seconds``; a failure then is one warning (the row stays until it expires)."""
         self._stop.set()
         if self._heartbeat is not None:
-            self._heartbeat.join(30)
+            self._heartbeat.join(30)  # at most one attempt: bounded by the connect timeout
         row = self.table.c
         deadline, delay = time.monotonic() + retry_seconds, 0.5
         try:
