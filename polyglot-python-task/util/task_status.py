@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, InternalError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from . import logs
+from . import logs, task_lock
 from .arguments import CONFIG_PROPERTIES, ConfigError, Property
 from .datasource import PROPERTIES as DATASOURCE_PROPERTIES
 from .datasource import Datasource, datasource
@@ -60,7 +60,7 @@ INITIALIZE = Property("spring.cloud.task.initialize-enabled", bool, True,
 END_RETRY = Property("task.end.retry-seconds", float, 60.0,
                      "How long recording the end retries, with back-off, while the database is unreachable.")
 PROPERTIES = (*DATASOURCE_PROPERTIES, TABLE_PREFIX, EXECUTION_ID, TASK_NAME, APP_NAME, PARENT_ID, EXTERNAL_ID,
-              INITIALIZE, END_RETRY, *logs.PROPERTIES, *CONFIG_PROPERTIES)
+              INITIALIZE, END_RETRY, *task_lock.PROPERTIES, *logs.PROPERTIES, *CONFIG_PROPERTIES)
 # What a write of the task tables can raise: the driver's errors, or a value its encoding cannot hold.
 DATABASE_ERRORS = (SQLAlchemyError, UnicodeError)
 # MariaDB's and MySQL's refusals of a value that mysqlclient raises as OperationalError, not DataError:
@@ -235,6 +235,7 @@ def run_task(body: Body, options: Mapping[str, Property]) -> None:
         launch = (properties.get(EXECUTION_ID), name, properties.get(EXTERNAL_ID), properties.get(PARENT_ID))
         initialize = properties.get(INITIALIZE) or source.dialect == "sqlite"
         end_retry = properties.get(END_RETRY)
+        single_instance = task_lock.settings(properties)
     except ConfigError as error:
         log.error("Configuration error: %s", error)
         sys.exit(1)
@@ -247,7 +248,9 @@ def run_task(body: Body, options: Mapping[str, Property]) -> None:
     except (*DATABASE_ERRORS, LookupError) as error:
         log.error("Cannot record the task start in the %s: %s", source.where, _reason(error))
         sys.exit(1)
-    exit_code, exit_message, error_text = _outcome(body, execution, values, signals)
+    exit_code, exit_message, error_text = task_lock.guarded(  # the lock of single-instance-enabled, if on
+        single_instance, source, repository.prefix, name, execution.id, end_retry,
+        lambda: _outcome(body, execution, values, signals))
     try:
         _recording(lambda fit: repository.finish(execution.id, exit_code, exit_message, error_text, fit), end_retry,
                    "end", f"execution {execution.id}", source.where)

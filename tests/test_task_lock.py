@@ -1,0 +1,191 @@
+"""The task's single-instance lock (``spring.cloud.task.single-instance-enabled``) on MariaDB, PostgreSQL and
+SQLite: Spring's LOCK row, the refusal of a second launch, the release on every exit, a dead holder's lock."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import TASK_SCRIPT, new_task_db
+from devkit.apps import App
+from devkit.waiting import wait_for
+from util.arguments import ConfigError, Properties
+from util.task_lock import lock_key, settings
+
+StartApp = Callable[..., App]
+NAME = "python-task"
+# Java's UUID.nameUUIDFromBytes("python-task".getBytes(UTF_8)), printed by a JVM (MD5, version 3 bits).
+PYTHON_TASK_KEY = "097203fd-5fb9-35e1-8c2e-fe77f39c957b"
+HOLDS = "holds the single-instance lock"
+REFUSED = f'Task with name "{NAME}" is already running.'
+
+
+@dataclass
+class Target:
+    """A task database and how to read it: a fresh MariaDB or PostgreSQL database, or an SQLite file."""
+
+    args: list[str]
+    query: Callable[[str], list[tuple]]
+    lock_table: str
+    execution_table: str
+
+    def lock_rows(self) -> list[dict[str, Any]]:
+        rows = self.query(f"SELECT LOCK_KEY, REGION, CLIENT_ID, CREATED_DATE, EXPIRED_AFTER FROM {self.lock_table}")
+        return [{"LOCK_KEY": key.strip(), "REGION": region, "CLIENT_ID": client.strip(), "CREATED_DATE": _time(created),
+                 "EXPIRED_AFTER": _time(expires)} for key, region, client, created, expires in rows]
+
+    def execution(self, execution_id: int) -> dict[str, Any]:
+        columns = ("EXIT_CODE", "END_TIME", "ERROR_MESSAGE")
+        rows = self.query(f"SELECT {', '.join(columns)} FROM {self.execution_table} "
+                          f"WHERE TASK_EXECUTION_ID = {execution_id}")
+        return dict(zip(columns, rows[0], strict=True))
+
+
+def _time(value: datetime | str) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+@pytest.fixture(params=["mariadb", "postgresql", "sqlite"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
+    if request.param == "sqlite":
+        path = tmp_path / "tasks.db"
+
+        def query(sql: str) -> list[tuple]:
+            with closing(sqlite3.connect(path, timeout=30, isolation_level=None)) as connection:
+                return connection.execute(sql).fetchall()
+
+        return Target([f"--spring.datasource.url=jdbc:sqlite:{path}"], query, "TASK_LOCK", "TASK_EXECUTION")
+    db = new_task_db(request.getfixturevalue(request.param))
+    return Target(db.args, lambda sql: db.server.admin(sql, database=db.name), db.table("LOCK"),
+                  db.table("EXECUTION"))
+
+
+def launch(start_app: StartApp, target: Target, *args: str, ttl: int = 60, interval: int = 100) -> App:
+    return start_app(TASK_SCRIPT, [*args, f"--spring.cloud.task.name={NAME}", *target.args,
+                                   "--spring.cloud.task.single-instance-enabled=true",
+                                   f"--spring.cloud.task.single-instance-lock-ttl={ttl}",
+                                   f"--spring.cloud.task.single-instance-lock-check-interval={interval}"])
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def test_lock_key_is_javas_name_uuid_from_bytes() -> None:
+    assert lock_key(NAME) == PYTHON_TASK_KEY
+    # More values a JVM printed: ASCII, and non-ASCII as UTF-8 bytes.
+    assert lock_key("test") == "098f6bcd-4621-3373-8ade-4e832627b4f6"
+    assert lock_key("tâche-é") == "f3191f7e-02ce-3abe-9e21-aebb1ee8f020"
+    # A name that is a UUID is its own key, as Spring Integration's UUIDConverter reads it.
+    assert lock_key("0B9F6BCD-4621-3373-8ADE-4E832627B4F6") == "0b9f6bcd-4621-3373-8ade-4e832627b4f6"
+
+
+def test_settings_default_as_spring_and_refuse_nonsense() -> None:
+    assert settings(Properties([], {})) is None
+    on = settings(Properties(["--spring.cloud.task.single-instance-enabled=true"], {}))
+    assert on is not None
+    assert (on.ttl.total_seconds(), on.check_interval) == (2**31 - 1, 0.5)  # Integer.MAX_VALUE seconds, 500 ms
+    for bad in ("--spring.cloud.task.single-instance-lock-ttl=0",
+                "--spring.cloud.task.single-instance-lock-check-interval=-1",
+                "--spring.cloud.task.single-instance-lock-ttl=10s"):
+        with pytest.raises(ConfigError, match=r"spring\.cloud\.task\.single-instance-lock"):
+            settings(Properties(["--spring.cloud.task.single-instance-enabled=true", bad], {}))
+
+
+def test_second_launch_is_refused_while_the_renewed_lock_is_held_and_sigterm_releases_it(
+        target: Target, start_app: StartApp) -> None:
+    holder = launch(start_app, target, "--sleep.seconds=600", ttl=2)
+    holder.wait_for_log(HOLDS)
+    [row] = target.lock_rows()
+    assert (row["LOCK_KEY"], row["REGION"], row["CLIENT_ID"]) == (PYTHON_TASK_KEY, "DEFAULT", "1")
+    assert abs((row["EXPIRED_AFTER"] - row["CREATED_DATE"]).total_seconds() - 2) < 0.1
+    assert abs((row["CREATED_DATE"] - utc_now()).total_seconds()) < 30  # UTC, as Spring Integration writes it
+    first_expiry = row["EXPIRED_AFTER"]
+    # Held, it is renewed: still held once the first EXPIRED_AFTER has passed.
+    wait_for(lambda: utc_now() > first_expiry, 10, "the first EXPIRED_AFTER to pass")
+    assert target.lock_rows()[0]["EXPIRED_AFTER"] > first_expiry
+    started = time.monotonic()
+    second = launch(start_app, target, "--sleep.seconds=0", ttl=2, interval=1500)
+    assert second.wait(60) == 1, second.log
+    assert time.monotonic() - started >= 1.5  # the refusal is seen at the first check, 1500 ms in
+    assert REFUSED in second.log
+    assert "started, execution id" not in second.log
+    refused = target.execution(2)
+    assert refused["EXIT_CODE"] == 1
+    assert refused["END_TIME"] is not None
+    assert refused["ERROR_MESSAGE"].startswith(f"util.task_lock.TaskAlreadyRunningError: {REFUSED}\n")
+    assert [r["CLIENT_ID"] for r in target.lock_rows()] == ["1"]  # the refused launch left the lock alone
+    assert holder.stop(signal.SIGTERM, timeout=20) == 143
+    assert target.lock_rows() == []
+    assert target.execution(1)["EXIT_CODE"] == 143
+
+
+def test_the_lock_is_released_after_success_and_after_failure(target: Target, start_app: StartApp) -> None:
+    assert launch(start_app, target, "--sleep.seconds=0").wait(60) == 0
+    assert target.lock_rows() == []
+    failing = launch(start_app, target, "--sleep.seconds=0", "--error.message=Boom")
+    assert failing.wait(60) == 1
+    assert HOLDS in failing.log
+    assert target.lock_rows() == []
+    assert "RuntimeError: Boom" in target.execution(2)["ERROR_MESSAGE"]
+    assert launch(start_app, target, "--sleep.seconds=0").wait(60) == 0  # nothing left behind blocks the next
+    assert [target.execution(i)["EXIT_CODE"] for i in (1, 2, 3)] == [0, 1, 0]
+
+
+def test_a_killed_holders_lock_is_taken_once_it_expired(target: Target, start_app: StartApp) -> None:
+    holder = launch(start_app, target, "--sleep.seconds=600", ttl=10)
+    holder.wait_for_log(HOLDS)
+    holder.kill()  # SIGKILL: nothing releases the lock
+    [dead] = target.lock_rows()
+    assert launch(start_app, target, "--sleep.seconds=0", ttl=10).wait(60) == 1  # not expired yet: refused
+    wait_for(lambda: utc_now() > dead["EXPIRED_AFTER"], 30, "the dead holder's lock to expire")
+    assert target.lock_rows() == [dead]  # still there: the next launch takes it over
+    taker = launch(start_app, target, "--sleep.seconds=0", ttl=10)
+    assert taker.wait(60) == 0, taker.log
+    assert HOLDS in taker.log
+    assert target.lock_rows() == []
+    assert target.execution(3)["EXIT_CODE"] == 0
+
+
+def test_a_database_error_while_locking_is_one_clear_line(target: Target, start_app: StartApp) -> None:
+    launch(start_app, target, "--sleep.seconds=0").wait(60)  # SQLite: the tables exist from now on
+    target.query(f"DROP TABLE {target.lock_table}")
+    app = launch(start_app, target, "--sleep.seconds=0")
+    assert app.wait(60) == 1
+    errors = [line for line in app.log.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, app.log
+    assert f"Cannot take the single-instance lock of task {NAME} in {target.lock_table}" in errors[0]
+    assert "Traceback" not in app.log
+    assert "scdf-secret" not in app.log
+    row = target.execution(2)
+    assert (row["EXIT_CODE"], row["END_TIME"] is not None) == (1, True)
+    assert row["ERROR_MESSAGE"].startswith("Cannot take the single-instance lock")
+
+
+@pytest.mark.parametrize("kind", ["mariadb", "postgresql"])
+def test_a_database_restart_while_holding_the_lock_still_releases_it(
+        kind: str, request: pytest.FixtureRequest, start_app: StartApp) -> None:
+    server = request.getfixturevalue(kind)
+    db = new_task_db(server)
+    target = Target(db.args, lambda sql: db.server.admin(sql, database=db.name), db.table("LOCK"),
+                    db.table("EXECUTION"))
+    app = launch(start_app, target, "--sleep.seconds=4")
+    app.wait_for_log("started, execution id 1")
+    server.stop()
+    try:  # the heartbeat fails: one warning, then it goes on trying
+        app.wait_for_log("Cannot renew the single-instance lock of task python-task: the database failed")
+    finally:
+        server.start()
+    assert app.wait(90) == 0, app.log
+    assert app.log.count("Cannot renew the single-instance lock") == 1
+    assert target.lock_rows() == []
+    assert target.execution(1)["EXIT_CODE"] == 0
