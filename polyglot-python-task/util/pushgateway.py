@@ -97,22 +97,24 @@ class Pusher:
 
     def _run(self) -> None:
         while not self._stop.wait(self.rate):  # Boot's fixed rate: the first push one period after the start
-            self.send("POST")
+            self.send("POST", periodic=True)
 
     def close(self) -> None:
-        """Stop the periodic pushes, then the shutdown operation (at most ``timeout`` s each)."""
+        """Stop the periodic pushes, then the shutdown operation: it waits for a push in flight, so the process
+        ends at most two timeouts later; the daemon thread never holds it."""
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(self.timeout)
         if self.shutdown != "NONE":
             self.send(self.shutdown)
 
-    def send(self, method: str) -> bool:
-        """One POST, PUT or DELETE of the group; False (logged) when it failed."""
+    def send(self, method: str, periodic: bool = False) -> bool:
+        """One POST, PUT or DELETE of the group; False (logged) when it failed. A periodic push that finds the
+        pushes stopped is dropped, so none follows the shutdown operation."""
         gateway = self.gateway
         if not self._lock.acquire(timeout=self.timeout):
             return self._failed(method, "a previous push still runs")
         try:
+            if periodic and self._stop.is_set():
+                return False
             if method == "DELETE":
                 delete_from_gateway(gateway.url, gateway.job, gateway.grouping_key, self.timeout, gateway.handler)
             else:
