@@ -242,4 +242,8 @@ def test_push_settings_as_boot_reads_them() -> None:
     assert pusher is not None
     assert (pusher.gateway.url, pusher.gateway.job) == ("https://pg:9091", "app")
     assert TaskMetrics.configure(Properties([], {})).pusher is None
+    assert Gateway.of("pg:9091", "j", {}, "u", "p")._authorization() == [("Authorization", "Basic dTpw")]
+    assert Gateway.of("pg:9091", "j", {}, token="t")._authorization() == [("Authorization", "Bearer t")]
+    with pytest.raises(ConfigError, match="mutually exclusive"):
+        TaskMetrics.configure(Properties([f"{PG}.enabled=true", f"{PG}.token=t", f"{PG}.username=u"], {}))
 
