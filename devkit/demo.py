@@ -13,6 +13,7 @@ from pathlib import Path
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from .apps import App
+from .pushgateway import Pushgateway
 from .tansu import Tansu
 from .topics import read_topic
 from .waiting import wait_for
@@ -132,15 +133,28 @@ def task_demo(workdir: Path) -> None:
     print('\n== task create --name python-task --definition "python-task-with-status"')
     print("   (no spring.datasource.url: the task records its runs in an embedded SQLite file, as Spring Cloud Task")
     print("   falls back to an embedded database)")
-    for extra in ([], ["--error.message=MyTestError"]):
-        arguments = f' --arguments "{" ".join(extra)}"' if extra else ""
-        print(f"== task launch --name python-task{arguments}")
-        app = App("polyglot-python-task/python_task.py", ["--sleep.seconds=1", "--spring.cloud.task.name=python-task",
-                                                          *extra], log_path=workdir / "task.log", cwd=workdir)
-        try:
-            print(f"   exit code {app.wait(60)}; log:\n{app.log}")
-        finally:
-            app.kill()
+    pushgateway = Pushgateway().start()
+    print(f"== embedded Prometheus Pushgateway on {pushgateway.url}; the task pushes its metrics there, as Data Flow's")
+    print("   task dashboard expects them (each run in its own group, the final push once its end is recorded)")
+    push = "--management.prometheus.metrics.export.pushgateway"
+    metrics = [f"{push}.enabled=true", f"{push}.base-url={pushgateway.url}", f"{push}.shutdown-operation=PUSH"]
+    try:
+        for run, extra in enumerate(([], ["--error.message=MyTestError"]), 1):
+            arguments = f' --arguments "{" ".join(extra)}"' if extra else ""
+            print(f"== task launch --name python-task{arguments}")
+            args = ["--sleep.seconds=1", "--spring.cloud.task.name=python-task", *metrics,
+                    f"{push}.grouping-key.run={run}", *extra]
+            app = App("polyglot-python-task/python_task.py", args, log_path=workdir / "task.log", cwd=workdir)
+            try:
+                print(f"   exit code {app.wait(60)}; log:\n{app.log}")
+            finally:
+                app.kill()
+        print(f"== GET {pushgateway.url}/metrics (the task's series):")
+        for sample in pushgateway.samples():
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()) if k not in ("instance",))
+            print(f"   {sample.name}{{{labels}}} {sample.value:g}")
+    finally:
+        pushgateway.remove()
     columns = ("TASK_EXECUTION_ID", "TASK_NAME", "START_TIME", "END_TIME", "EXIT_CODE", "EXIT_MESSAGE", "ERROR_MESSAGE")
     with sqlite3.connect(workdir / "task-executions.db") as db:
         rows = db.execute(f"SELECT {', '.join(columns)} FROM TASK_EXECUTION ORDER BY 1").fetchall()

@@ -16,15 +16,17 @@ from .waiting import terminate, wait_for
 
 
 class Prometheus:
-    """A Prometheus server scraping ``/actuator/prometheus`` of each target every second."""
+    """A Prometheus server scraping ``metrics_path`` (``/actuator/prometheus``) of each target every second;
+    ``honor_labels``: the scraped ``job`` and ``instance`` labels are kept, as for a Pushgateway."""
 
-    def __init__(self, targets: list[str]) -> None:
+    def __init__(self, targets: list[str], metrics_path: str = "/actuator/prometheus",
+                 honor_labels: bool = False) -> None:
         if not shutil.which("prometheus"):
             raise RuntimeError("missing prometheus: run `make system-deps` (Debian: prometheus)")
         self.dir = Path(tempfile.mkdtemp(prefix="polyglot-prometheus-"))
         self.port = free_port()
         config = {"global": {"scrape_interval": "1s", "scrape_timeout": "900ms"},
-                  "scrape_configs": [{"job_name": "scdf", "metrics_path": "/actuator/prometheus",
+                  "scrape_configs": [{"job_name": "scdf", "metrics_path": metrics_path, "honor_labels": honor_labels,
                                       "static_configs": [{"targets": targets}]}]}
         (self.dir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
         self.process: subprocess.Popen[bytes] | None = None
@@ -56,6 +58,13 @@ class Prometheus:
         if answer.get("status") != "success":
             raise RuntimeError(f"query {expression!r} failed: {answer}")
         return answer["data"]["result"]
+
+    def label_values(self, label: str, match: str | None = None) -> list[str]:
+        """Grafana's ``label_values(label)`` and ``label_values(match, label)``: the label's values (of ``match``)."""
+        query = urllib.parse.urlencode({"match[]": match} if match else {})
+        url = f"http://127.0.0.1:{self.port}/api/v1/label/{label}/values" + (f"?{query}" if query else "")
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.load(response)["data"]
 
     def targets_up(self) -> bool:
         """Every target scraped successfully at least once."""

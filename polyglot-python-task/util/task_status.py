@@ -42,6 +42,8 @@ from . import logs, task_lock
 from .arguments import CONFIG_PROPERTIES, ConfigError, Property
 from .datasource import PROPERTIES as DATASOURCE_PROPERTIES
 from .datasource import Datasource, datasource
+from .task_metrics import PROPERTIES as METRICS_PROPERTIES
+from .task_metrics import TaskMetrics
 from .task_text import FORMS, MESSAGE_SIZE, Fit, fitter, stack_trace
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,8 @@ INITIALIZE = Property("spring.cloud.task.initialize-enabled", bool, True,
 END_RETRY = Property("task.end.retry-seconds", float, 60.0,
                      "How long recording the end retries, with back-off, while the database is unreachable.")
 PROPERTIES = (*DATASOURCE_PROPERTIES, TABLE_PREFIX, EXECUTION_ID, TASK_NAME, APP_NAME, PARENT_ID, EXTERNAL_ID,
-              INITIALIZE, END_RETRY, *task_lock.PROPERTIES, *logs.PROPERTIES, *CONFIG_PROPERTIES)
+              INITIALIZE, END_RETRY, *task_lock.PROPERTIES, *METRICS_PROPERTIES, *logs.PROPERTIES,
+              *CONFIG_PROPERTIES)
 # What a write of the task tables can raise: the driver's errors, or a value its encoding cannot hold.
 DATABASE_ERRORS = (SQLAlchemyError, UnicodeError)
 # MariaDB's and MySQL's refusals of a value that mysqlclient raises as OperationalError, not DataError:
@@ -236,6 +239,7 @@ def run_task(body: Body, options: Mapping[str, Property]) -> None:
         initialize = properties.get(INITIALIZE) or source.dialect == "sqlite"
         end_retry = properties.get(END_RETRY)
         single_instance = task_lock.settings(properties)
+        metrics = TaskMetrics.configure(properties)
     except ConfigError as error:
         log.error("Configuration error: %s", error)
         sys.exit(1)
@@ -248,9 +252,11 @@ def run_task(body: Body, options: Mapping[str, Property]) -> None:
     except (*DATABASE_ERRORS, LookupError) as error:
         log.error("Cannot record the task start in the %s: %s", source.where, _reason(error))
         sys.exit(1)
+    metrics.start(execution.id, name, launch[3], launch[2])
     exit_code, exit_message, error_text = task_lock.guarded(  # the lock of single-instance-enabled, if on
         single_instance, source, repository.prefix, name, execution.id, end_retry,
-        lambda: _outcome(body, execution, values, signals))
+        lambda: _outcome(metrics.watch(body), execution, values, signals))
+    metrics.end(exit_code)
     try:
         _recording(lambda fit: repository.finish(execution.id, exit_code, exit_message, error_text, fit), end_retry,
                    "end", f"execution {execution.id}", source.where)
@@ -258,9 +264,11 @@ def run_task(body: Body, options: Mapping[str, Property]) -> None:
         retried = f" after {end_retry:g} s of retries" if _transient(error) else ""
         log.error("Cannot record the end of execution %d in the %s%s: %s; the row stays RUNNING until an operator "
                   "finalizes it", execution.id, source.where, retried, _reason(error))
+        metrics.close()
         sys.exit(exit_code or 1)
     log.info("Execution %d of %s %s (exit code %d)", execution.id, execution.name,
              "completed" if exit_code == 0 else "failed", exit_code)
+    metrics.close()
     sys.exit(exit_code)
 
 
