@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -164,3 +165,22 @@ def test_the_properties_take_relaxed_names_and_environment_variables() -> None:
                                  "SPRING_CLOUD_STREAM_KAFKA_BINDER_METRICS_OFFSETLAGMETRICSINTERVAL": "PT2S"})
     assert properties.get(kafka_lag.ON_SCRAPE) is False
     assert kafka_lag.interval(properties) == 2
+
+
+class _Client:
+    def offsets(self, group: str) -> None:
+        raise AssertionError("not opened before the start")
+
+
+@pytest.mark.parametrize(("argv", "on"), [
+    ([], True), (["--management.metrics.enable.spring.cloud.stream.binder.kafka.offset=false"], False),
+    (["--management.metrics.enable.spring.cloud=false"], False), (["--management.metrics.enable.all=false"], False),
+    (["--management.metrics.enable.all=false", "--management.metrics.enable.spring.cloud.stream=true"], True),
+    (["--management.metrics.enable.spring=false", "--management.metrics.enable.spring.cloud.stream.binder=on"], True),
+    (["--management.metrics.enable.spring.cloud.stream.binder.kafka.offsets=false"], True)])
+def test_micrometers_enable_properties_turn_the_gauge_off(argv: list[str], on: bool) -> None:
+    source = SimpleNamespace(group="g", destinations=("t",))
+    lag = kafka_lag.prepare(Properties(argv, {}), _Client(), source)  # type: ignore[arg-type]
+    assert (lag is not None) == on
+    if lag is not None:
+        assert (lag.group, lag.topics, lag.every, lag.on_scrape) == ("g", ("t",), 60, True)

@@ -5,7 +5,7 @@ As Spring's ``KafkaBinderMetrics``: a gauge per consumer group and input topic, 
 committed none, summed over the topic's partitions), computed on a thread of its own with a consumer of its
 own (never the loop's) about 1 s after start and then every ``offsetLagMetricsInterval``; with
 ``defaultOffsetLagMetricsEnabled`` (the default) also whenever the gauge is scraped, the scrape waiting at
-most 5 s for it. A broker that does not answer leaves the last value.
+most 5 s for it. A broker that does not answer leaves the last value. ``management.metrics.enable`` turns it off.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from .arguments import ConfigError, Properties, Property
 from .bindings import BINDER, InputBinding
+from .metrics import meter_enabled
 
 log = logging.getLogger(__name__)
 
-NAME = "spring_cloud_stream_binder_kafka_offset"  # Micrometer's spring.cloud.stream.binder.kafka.offset
+METER = "spring.cloud.stream.binder.kafka.offset"
+NAME = "spring_cloud_stream_binder_kafka_offset"  # as Micrometer's Prometheus registry names it
 HELP = "Unconsumed messages for a particular group and topic"
 ON_SCRAPE = Property(f"{BINDER}.metrics.defaultOffsetLagMetricsEnabled", bool, True,
                      "true: the lag gauge `spring_cloud_stream_binder_kafka_offset` is computed when scraped (the "
@@ -193,7 +195,7 @@ class OffsetLag:
 def prepare(properties: Properties, client: Any, source: InputBinding | None) -> OffsetLag | None:
     """The lag gauge of a Kafka binder's input binding (None without one, or on another binder)."""
     opener = getattr(client, "offsets", None)
-    if source is None or opener is None:
+    if source is None or opener is None or not meter_enabled(properties, METER):
         return None
     return OffsetLag(source.group, source.destinations, lambda: opener(source.group), interval(properties),
                      properties.get(ON_SCRAPE))
