@@ -4,8 +4,10 @@ As Spring's ``KafkaBinderMetrics``: a gauge per consumer group and input topic, 
 (each partition's end offset minus the group's committed one, or minus its beginning offset when the group
 committed none, summed over the topic's partitions), computed on a thread of its own with a consumer of its
 own (never the loop's) about 1 s after start and then every ``offsetLagMetricsInterval``; with
-``defaultOffsetLagMetricsEnabled`` (the default) also whenever the gauge is scraped, the scrape waiting at
-most 5 s for it. A broker that does not answer leaves the last value. ``management.metrics.enable`` turns it off.
+``defaultOffsetLagMetricsEnabled`` (the default) also whenever the gauge is scraped. Spring's scrape waits up
+to 5 s for that; here at most half a second, since the actuator answers the health probes on the same thread:
+past it (or while a computation started that long ago is still waiting for a broker) the scrape shows the last
+value. A broker that does not answer leaves the last value. ``management.metrics.enable`` turns the gauge off.
 """
 
 from __future__ import annotations
@@ -30,14 +32,14 @@ NAME = "spring_cloud_stream_binder_kafka_offset"  # as Micrometer's Prometheus r
 HELP = "Unconsumed messages for a particular group and topic"
 ON_SCRAPE = Property(f"{BINDER}.metrics.defaultOffsetLagMetricsEnabled", bool, True,
                      "true: the lag gauge `spring_cloud_stream_binder_kafka_offset` is computed when scraped (the "
-                     "scrape waits at most 5 s, else shows the last value) and every `offsetLagMetricsInterval`; "
+                     "scrape waits at most 0.5 s, else shows the last value) and every `offsetLagMetricsInterval`; "
                      "false: only every `offsetLagMetricsInterval`.")
 INTERVAL = Property(f"{BINDER}.metrics.offsetLagMetricsInterval", str, "60s",
                     "How often the lag gauge is computed in the background, the first time about 1 s after start: "
                     "a duration (`60s`, `2m`, `PT1M`; a bare number is milliseconds), in whole seconds, at least 1s.")
 PROPERTIES = (ON_SCRAPE, INTERVAL)
 FIRST_DELAY = 1.0  # s after the start: the first computation
-SCRAPE_WAIT = 5.0  # s a scrape waits for a computation (Spring's KafkaBinderMetrics timeout)
+SCRAPE_WAIT = 0.5  # s a scrape waits for a computation (Spring's 5 s would hold the probes up as long)
 _UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIMPLE = re.compile(r"^([+-]?\d+)([a-zA-Z]{0,2})$")
 _ISO = re.compile(r"^([+-]?)P(?:([-+]?\d+)D)?(?:T(?:([-+]?\d+)H)?(?:([-+]?\d+)M)?(?:([-+]?\d+)(?:[.,](\d{0,9}))?S)?)?$",
