@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench import batch_rows
+from bench import batch_rows, lag_rows
 
 CLIENTS = ("librdkafka", "kafka-python")
 DEFAULT = CLIENTS[0]
@@ -41,7 +41,7 @@ def targets(r: dict[str, Any]) -> list[tuple[str, float, str, float | None]]:
           "pika bare loop without confirms (RabbitMQ)", ">=", 0.9)
     ratio("router (RabbitMQ) / pika bare loop without confirms", "router (RabbitMQ)",
           "pika bare loop without confirms (RabbitMQ)", ">=", None)
-    for name, top, bottom, goal in batch_rows.RATIOS:
+    for name, top, bottom, goal in [*batch_rows.RATIOS, *lag_rows.RATIOS]:
         ratio(name, top, bottom, ">=", goal)
     for client, latency in r["latency_ms"].items():
         found.append((f"p99 latency at 100 records/s, {client} (ms)", latency["p99"], "<=", 20))
@@ -69,6 +69,10 @@ def markdown(r: dict[str, Any], notes: dict[str, str]) -> str:
     for name, v in r["throughput"].items():
         lines.append(f"| {name} | {v['min']:,.0f} | {v['median']:,.0f} | {v['max']:,.0f} |")
     lines += _stall_lines(r.get("stalls", {}))
+    if r.get("drain_s"):
+        lines += ["", f"Backlog drains (`bench/lag_rows.py`), exec to the group's commit of all {r['records']:,} "
+                  "records, run by run: " + "; ".join(f"{name}: {' / '.join(f'{s:.1f}' for s in runs)} s"
+                                                      for name, runs in r["drain_s"].items()) + "."]
     dflt, start = r["latency_default_ms"], r["startup_s"]
     lines += [""]
     for client, lat in r["latency_ms"].items():

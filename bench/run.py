@@ -33,7 +33,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from bench import batch_rows, rabbit
+from bench import batch_rows, lag_rows, rabbit
 from bench.footprint import cpu_snapshot, cpu_taken, image_sizes, peak_rss_mb
 from bench.report import CLIENTS, DEFAULT, chart, markdown, met, targets
 from devkit.apps import App, http_get
@@ -311,6 +311,7 @@ def measure() -> dict[str, Any]:
             rss: dict[str, list[float]] = {}
             stalls: dict[str, list[dict[str, Any]]] = {}
             cpu: dict[str, list[dict[str, Any]]] = {}
+            drains: dict[str, list[float]] = {}
 
             def repeat(name: str, run: Callable[[], float]) -> None:
                 if ONLY and name not in ONLY:
@@ -363,6 +364,7 @@ def measure() -> dict[str, Any]:
             loop("naive seed loop (as shipped)", "naive.py", SEED_PYTHON)
             scale_out(1)
             scale_out(2)
+            lag_rows.rows(bench, source, RECORDS, PARTITIONS, repeat, drains)
             rabbit_figures = rabbit.measure(Path(tmp), ROOT, RECORDS, value, repeat, BASELINE)
             latency = {client: sorted(bench.run_latency(TUNED_FETCH_WAIT, client=client)) for client in CLIENTS}
             default_latencies = sorted(bench.run_latency())
@@ -376,6 +378,7 @@ def measure() -> dict[str, Any]:
         "throughput": {name: summary(runs) for name, runs in results.items()},
         "stalls": stalls,
         "scale_out_cpu": cpu,
+        "drain_s": drains,
         "latency_ms": {client: {"rate": LATENCY_RATE, "records": len(found), "setting": TUNED_FETCH_WAIT,
                                 "p50": _percentile(found, 50), "p99": _percentile(found, 99), "max": found[-1]}
                        for client, found in latency.items()},

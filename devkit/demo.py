@@ -46,6 +46,7 @@ def processor_demo(broker: Tansu, workdir: Path) -> None:
         f"--spring.cloud.dataflow.stream.name={STREAM}", "--spring.cloud.dataflow.stream.app.label=python-processor",
         "--spring.cloud.dataflow.stream.app.type=processor", "--reversestring=true", "--server.port=0",
         "--management.metrics.tags.stream.name=${spring.cloud.dataflow.stream.name:unknown}", *FAST_GROUPS,
+        "--spring.cloud.stream.kafka.binder.metrics.offsetLagMetricsInterval=1s",  # the lag gauge, for the demo
     ]
     app = App("polyglot-python-processor/python_processor.py", args,
               {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": broker.bootstrap}, workdir / "processor.log")
@@ -55,16 +56,27 @@ def processor_demo(broker: Tansu, workdir: Path) -> None:
         for line in LINES:
             print(f"== http post --data \"{line}\"")
             producer.send(f"{STREAM}.http", line.encode(), headers=HTTP_HEADERS)
+            producer.flush()  # a request each, as the http source sends them
         producer.close(10)
         for record in read_topic(broker.bootstrap, f"{STREAM}.python-processor", len(LINES), timeout=30):
             log_sink(f"{STREAM}.log-v1", record.value)
         status, body = app.get("/actuator/health")
         print(f"== GET /actuator/health -> {status} {body}")
+        print(f"== GET /actuator/prometheus, the consumer lag -> {lag_line(app)}")
         print(f"== GET /actuator/info -> {app.get('/actuator/info')[1]}")
         print(f"== SIGTERM -> processor exited {app.stop()}")
     finally:
         app.kill()
         print(f"-- processor log ({app.log_path}):\n{app.log}")
+
+
+def lag_line(app: App) -> str:
+    """The processor's lag gauge line once the group has committed every record (0 behind)."""
+    def caught_up() -> str | None:
+        lines = [line for line in app.get("/actuator/prometheus")[1].splitlines()
+                 if line.startswith("spring_cloud_stream_binder_kafka_offset{")]
+        return lines[0] if lines and lines[0].endswith(" 0.0") else None
+    return wait_for(caught_up, 30, "the lag gauge at 0")
 
 
 def time_source(bootstrap: str, topic: str, stop: threading.Event) -> None:

@@ -6,7 +6,7 @@ through it) to see how an app handles what Tansu never does: an ACL not yet appl
 nothing is written; ``refuse_marked``: only the requests that carry a marker's bytes); a broker that
 takes produce requests and never answers them (``hold``); a byte flipped in a fetched batch, so its CRC
 no longer matches (``corrupt``); an address that accepts connections and resets them at once, as a load
-balancer in front of a dead broker (``reset``).
+balancer in front of a dead broker (``reset``); requests of some kinds (API keys) never answered (``mute``).
 Everything else passes through unchanged, in order.
 """
 
@@ -55,6 +55,7 @@ class KafkaProxy:
         self._refusals: dict[str, int] = {}
         self._marked: tuple[bytes, str, int] | None = None  # refuse requests holding these bytes, to this topic
         self._held: set[str] = set()
+        self.muted: frozenset[int] = frozenset()  # API keys of requests swallowed, whatever their content
         self._marker: bytes | None = None
         self.corrupted = 0  # fetch responses with a byte flipped
         self.held = 0  # produce requests swallowed
@@ -83,6 +84,10 @@ class KafkaProxy:
         """Produce requests for ``topic`` are swallowed: neither written nor answered (until the client gives up)."""
         with self._lock:
             self._held.add(topic)
+
+    def mute(self, *api_keys: int) -> None:
+        """Requests with these API keys (2: ListOffsets, 9: OffsetFetch) are swallowed, never answered (none: stop)."""
+        self.muted = frozenset(api_keys)
 
     def corrupt(self, marker: bytes | None) -> None:
         """Flip the first byte of ``marker`` wherever it appears in a response (None: stop)."""
@@ -175,7 +180,8 @@ class _Link:
     def _upstream(self) -> None:
         while (frame := _read_frame(self.client)) is not None:
             api_key, version = struct.unpack(">hh", frame[:4])
-            own = self.proxy.answer(version, frame) if api_key == PRODUCE else None
+            own = SWALLOW if api_key in self.proxy.muted else \
+                self.proxy.answer(version, frame) if api_key == PRODUCE else None
             with self.lock:
                 if isinstance(own, bytes):
                     self.order.append(own)

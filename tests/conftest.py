@@ -46,7 +46,8 @@ STEPS = {"source": ("tests/steps/python_source.py", ("output",)), "sink": ("test
          "batch": ("tests/steps/python_batch.py", ("output",)),
          "batch-router": ("tests/steps/python_batch_router.py", ("even", "odd")),
          "batch-edges": ("tests/steps/python_batch_edges.py", ("output",)),
-         "batch-sink": ("tests/steps/python_batch_sink.py", ())}
+         "batch-sink": ("tests/steps/python_batch_sink.py", ()),
+         "gated-sink": ("tests/steps/python_gated_sink.py", ())}
 # Tansu takes half the session timeout to complete a group join: keep it short in tests.
 FAST_GROUPS = ("--spring.cloud.stream.kafka.binder.consumerProperties.session.timeout.ms=6000",
                "--spring.cloud.stream.kafka.binder.consumerProperties.heartbeat.interval.ms=2000")

@@ -247,6 +247,11 @@ class Client(kafka_config.KafkaClient):
         settings = consumer_settings(self.properties, binding)
         return Consumer(settings), settings["auto_offset_reset"]
 
+    def offsets(self, group: str) -> LagOffsets:
+        """The lag gauge's consumer (``kafka_lag.py``): the binder's consumer settings, as Spring's, in ``group``."""
+        return LagOffsets({**client_settings(self.properties, None, "consumer"), "group_id": group,
+                           "enable_auto_commit": False})
+
     # -- topics ---------------------------------------------------------------------------------
     def topic_partitions(self, topics: list[str]) -> dict[str, int]:
         """The partition count of each of ``topics`` that exists."""
@@ -268,6 +273,30 @@ class Client(kafka_config.KafkaClient):
     def grow(self, topic: str, total: int) -> None:
         with _Admin(self.properties) as admin:
             admin.create_partitions({topic: NewPartitions(total_count=total)})
+
+
+class LagOffsets:
+    """The offsets the lag gauge reads, on a consumer of the group's own that never joins it."""
+
+    TIMEOUT_MS = 10_000  # a request may take
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self._consumer = KafkaConsumer(**settings)
+
+    def partitions(self, topic: str) -> list[int]:
+        return sorted(self._consumer.partitions_for_topic(topic))
+
+    def watermarks(self, topic: str, partitions: list[int]) -> dict[int, tuple[int, int]]:
+        tps = [_TopicPartition(topic, p) for p in partitions]
+        ends = self._consumer.end_offsets(tps, self.TIMEOUT_MS)
+        beginnings = self._consumer.beginning_offsets(tps, self.TIMEOUT_MS)
+        return {tp.partition: (beginnings[tp], ends[tp]) for tp in tps}
+
+    def committed(self, topic: str, partitions: list[int]) -> dict[int, int | None]:
+        return {p: self._consumer.committed(_TopicPartition(topic, p), timeout_ms=self.TIMEOUT_MS) for p in partitions}
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False, timeout_ms=1000)
 
 
 class _Admin:

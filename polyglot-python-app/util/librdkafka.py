@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 from . import kafka_config
 from .arguments import Properties
 from .bindings import InputBinding
-from .librdkafka_consumer import MAX_POLL_RECORDS, Consumer
+from .librdkafka_consumer import MAX_POLL_RECORDS, Consumer, LagOffsets
 from .librdkafka_settings import client_settings, consumer_settings, create, metadata, partitions
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,13 @@ class Client(kafka_config.KafkaClient):
         settings = consumer_settings(self.properties, binding)
         count = settings.pop("max.poll.records", MAX_POLL_RECORDS)
         return Consumer(settings, count), settings["auto.offset.reset"]
+
+    def offsets(self, group: str) -> LagOffsets:
+        """The lag gauge's consumer (``kafka_lag.py``): the binder's consumer settings, as Spring's, in ``group``."""
+        settings = client_settings(self.properties, None, "consumer")
+        settings.pop("max.poll.records", None)
+        settings.update({"group.id": group, "enable.auto.commit": False})
+        return LagOffsets(settings)
 
     # -- topics ---------------------------------------------------------------------------------
     @property

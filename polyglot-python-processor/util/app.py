@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import kafka_config, logs, rabbit_config
+from . import kafka_config, kafka_lag, logs, rabbit_config
 from .actuator import PROPERTIES as ACTUATOR_PROPERTIES
 from .actuator import Actuator
 from .arguments import CONFIG_PROPERTIES, ConfigError, Properties, Property
@@ -24,8 +24,9 @@ from .transport import DEFAULT_BINDER
 
 log = logging.getLogger(__name__)
 
-COMMON_PROPERTIES: tuple[Property, ...] = (*kafka_config.PROPERTIES, *BINDING_PROPERTIES, *ACTUATOR_PROPERTIES,
-                                           *METRICS_PROPERTIES, *logs.PROPERTIES, *CONFIG_PROPERTIES)
+COMMON_PROPERTIES: tuple[Property, ...] = (*kafka_config.PROPERTIES, *kafka_lag.PROPERTIES, *BINDING_PROPERTIES,
+                                           *ACTUATOR_PROPERTIES, *METRICS_PROPERTIES, *logs.PROPERTIES,
+                                           *CONFIG_PROPERTIES)
 
 # Kafka client settings pass through under these prefixes (``<key>`` is a Kafka client key).
 PASS_THROUGH = ("spring.cloud.stream.kafka.binder.configuration.<key>",

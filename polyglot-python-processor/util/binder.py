@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from . import kafka_lag
 from .arguments import ConfigError, Properties
 from .batches import BatchMode
 from .bindings import (
@@ -79,6 +80,7 @@ class Binder:
         self.source = None if source is None else self.client.input(source)
         self.servers = self.client.servers
         self.brokers = BrokerCheck(self.servers)
+        self.lag = kafka_lag.prepare(properties, self.client, self.source)  # the Kafka binder's lag gauge
         self.consumer: Consumer | None = None
         self.producers: dict[str, Producer] = {}
         self.partition_counts: dict[str, int] = {}
@@ -121,6 +123,8 @@ class Binder:
                       {source.dlq_topic(d): (dlq.partition_count(d), None) for d in source.destinations})
         self.consumer, start = self.client.consumer(source)
         self.budget = self.consumer.max_poll_interval / 2
+        if self.lag is not None:
+            self.lag.start(self.metrics.registry)
         self.stalls.pause = self.consumer.pause
         self.settle = Settlement(self.client, self.consumer, self.producers, source, self.metrics, self.stalls,
                                  self.shutdown, self.budget)
@@ -362,6 +366,8 @@ class Binder:
     def close(self) -> None:
         """Input first, then outputs, as Spring; everything was flushed, so short timeouts suffice (after SIGTERM,
         what is left of the drain's budget: sends still queued then are not committed and come again)."""
+        if self.lag is not None:
+            self.lag.stop()
         if self.consumer is not None:
             self.consumer.close(self.shutdown.close_seconds())
         for producer in self.producers.values():

@@ -147,3 +147,29 @@ class Consumer:
 
 def _tps(partitions: list[TopicPartition]) -> list[TP]:
     return sorted((tp.topic, tp.partition) for tp in partitions)
+
+
+class LagOffsets:
+    """The offsets the lag gauge reads (``kafka_lag.py``), on a consumer of the group's own that never joins it."""
+
+    TIMEOUT = 10.0  # s a request may take
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self._consumer = create(_Consumer, settings)
+
+    def partitions(self, topic: str) -> list[int]:
+        self._consumer.poll(0)  # serves its log and error callbacks
+        return sorted(partitions(self._consumer, topic))
+
+    def watermarks(self, topic: str, partitions: list[int]) -> dict[int, tuple[int, int]]:
+        return {p: self._consumer.get_watermark_offsets(TopicPartition(topic, p), self.TIMEOUT) for p in partitions}
+
+    def committed(self, topic: str, partitions: list[int]) -> dict[int, int | None]:
+        found = self._consumer.committed([TopicPartition(topic, p) for p in partitions], self.TIMEOUT)
+        for tp in found:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+        return {tp.partition: tp.offset if tp.offset >= 0 else None for tp in found}
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -24,7 +24,11 @@ from .arguments import Properties, Property
 TAGS = Property("management.metrics.tags", dict, None,
                 "Tags on every metric, `<key>=value` (`stream.name` is the label `stream_name`); Data Flow's "
                 "stream tags are the defaults.")
-PROPERTIES = (TAGS,)
+ENABLE = Property("management.metrics.enable", dict, None,
+                  "`<meter name or prefix>=false` turns a meter off, as Micrometer's filter (the longest prefix "
+                  "set wins, then `all`); only `spring.cloud.stream.binder.kafka.offset` (the Kafka lag gauge) "
+                  "honours it.")
+PROPERTIES = (TAGS, ENABLE)
 ERROR_CHANNEL = "errorChannel"
 # Data Flow's common stream tags (application-stream-common-properties-defaults.yml); <type> is the app's shape.
 DEFAULT_TAGS = {
@@ -57,6 +61,17 @@ def common_tags(properties: Properties, app_type: str) -> dict[str, str]:
     for key, value in properties.subtree(TAGS.name, as_written=True).items():
         tags[label_name(key)] = value
     return tags
+
+
+def meter_enabled(properties: Properties, name: str) -> bool:
+    """Whether ``management.metrics.enable.<prefix>`` (the longest prefix of the dotted meter ``name`` that is set,
+    else ``all``) lets the meter be registered, as Spring Boot's PropertiesMeterFilter does."""
+    parts = name.split(".")
+    for key in (*(".".join(parts[:n]) for n in range(len(parts), 0, -1)), "all"):
+        prop = Property(f"{ENABLE.name}.{key}", bool, True)
+        if properties.raw(prop.name) is not None:
+            return properties.get(prop)
+    return True
 
 
 class Channels:
