@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,19 +10,32 @@ from util.arguments import ConfigError, Properties
 from util.profiles import ProfileError, active, matches
 
 
-def _raw(values: dict[str, str]) -> Callable[[str], str | None]:
-    return values.get
+def _active(values: dict[str, str]) -> tuple[list[str], bool]:
+    def listed(name: str) -> list[str]:
+        return [item.strip() for item in values.get(name, "").split(",") if item.strip()]
+
+    return active(listed, listed)
 
 
 def test_active_profiles_in_order_with_includes_groups_and_the_default() -> None:
-    assert active(_raw({})) == ["default"]
-    assert active(_raw({"spring.profiles.default": "local"})) == ["local"]
-    assert active(_raw({"spring.profiles.active": "prod, eu"})) == ["prod", "eu"]
-    assert active(_raw({"spring.profiles.active": "prod", "spring.profiles.include": "metrics"})) == ["prod",
-                                                                                                     "metrics"]
+    assert _active({}) == (["default"], True)
+    assert _active({"spring.profiles.default": "local"}) == (["local"], True)
+    assert _active({"spring.profiles.active": "prod, eu"}) == (["prod", "eu"], False)
+    # included profiles first, as Boot's Profiles orders them: an active profile's file wins over an included one's
+    assert _active({"spring.profiles.active": "prod", "spring.profiles.include": "metrics"}) == (
+        ["metrics", "prod"], False)
+    assert _active({"spring.profiles.active": "default"}) == (["default"], False)
     groups = {"spring.profiles.active": "prod", "spring.profiles.group.prod": "db,mq",
               "spring.profiles.group.db": "prod,pool"}  # a cycle back to prod is ignored
-    assert active(_raw(groups)) == ["prod", "db", "pool", "mq"]
+    assert _active(groups) == (["prod", "db", "pool", "mq"], False)
+
+
+@pytest.mark.parametrize("name", ["a&b", "../x", "-x", "a b", "prod!"])
+def test_a_profile_name_boot_refuses_is_one_configuration_line(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"Invalid profile .*spring\.profiles\.validate=false"):
+        Properties([f"--spring.profiles.active={name}", "--spring.config.location=optional:file:/nonexistent/"], {})
+    assert Properties([f"--spring.profiles.active={name}", "--spring.profiles.validate=false",
+                       "--spring.config.location=optional:file:/nonexistent/"], {}).profiles == [name]
 
 
 @pytest.mark.parametrize(("expression", "profiles", "expected"), [

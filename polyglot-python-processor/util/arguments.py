@@ -115,12 +115,16 @@ class Properties:
             {env_canonical(k): (k, v) for k, v in environ.items()},
         ]
         above = list(self._layers)
-        imports = self.raw(config_imports.IMPORT)
+        imports = ",".join(self.values(config_imports.IMPORT))
+        locations = self._locations()  # from the sources above the files only, as Boot binds them
         try:  # the plain files first: they may name the active profiles, which then choose what else is read
-            self._add_files(above, config_files.load(self._locations(), None, imports))
-            self.profiles = profiles.active(self.raw)  # the active profiles, a later one winning
-            self._add_files(above, config_files.load(self._locations(), self.profiles, imports))
+            self._add_files(above, config_files.load(locations, None, imports, self.resolve))
+            self.profiles, self.default_profiles = profiles.active(
+                self.values, self.every, self.raw(profiles.VALIDATE) != "false")  # a later profile winning
+            self._add_files(above, config_files.load(locations, self.profiles, imports, self.resolve))
         except config_files.ConfigFileError as error:
+            raise ConfigError(str(error)) from None
+        except profiles.ProfileError as error:
             raise ConfigError(str(error)) from None
 
     def _add_files(self, above: list[dict[str, tuple[str, str]]], found: list[config_imports.Found]) -> None:
@@ -141,13 +145,42 @@ class Properties:
 
     def raw(self, name: str, *aliases: str) -> str | None:
         """The value of ``name`` (or an alias) from the highest source that sets it, or None."""
-        keys = [key for n in (name, *aliases) for key in _keys(n)]
+        found = self._provider([key for n in (name, *aliases) for key in _keys(n)], skip_empty=True)
+        return None if found is None else found[2]
+
+    def values(self, name: str) -> list[str]:
+        """A list property from the highest source that sets it: a comma list, or ``name[0]``, ``name[1]``..."""
+        key = canonical(name)
+        for layer in self._layers:
+            found = self._list(layer, key)
+            if found is not None:
+                return found
+        return []
+
+    def every(self, name: str) -> list[str]:
+        """A list property's values from every source, highest first, added up (``spring.profiles.include``)."""
+        key = canonical(name)
+        return [item for layer in self._layers for item in self._list(layer, key) or []]
+
+    def _list(self, layer: dict[str, tuple[str, str]], key: str) -> list[str] | None:
+        if key in layer:
+            value = self._resolve(layer[key][1], 0, (id(layer), key))
+            return None if value is None else _split_list(value)
+        indexed = sorted((int(k[len(key) + 1:-1]), k) for k in layer
+                         if k.startswith(key + "[") and k.endswith("]") and k[len(key) + 1:-1].isdigit())
+        if not indexed:
+            return None
+        items = [self._resolve(layer[k][1], 0, (id(layer), k)) for _, k in indexed]
+        return [item.strip() for item in items if item and item.strip()]
+
+    def _provider(self, keys: list[str], skip_empty: bool) -> tuple[dict[str, tuple[str, str]], str, str] | None:
+        """The layer and key whose value a lookup of ``keys`` takes, and that value resolved."""
         for layer in self._layers:
             for key in keys:
                 if key in layer:
-                    value = self._resolve(layer[key][1], depth=0)
-                    if value is not None and value != "":
-                        return value
+                    value = self._resolve(layer[key][1], 0, (id(layer), key))
+                    if value is not None and not (skip_empty and value == ""):
+                        return layer, key, value
         return None
 
     def get(self, prop: Property) -> Any:
@@ -160,13 +193,30 @@ class Properties:
         return convert(prop, value, hidden=self.secret(prop))
 
     def secret(self, prop: Property) -> bool:
-        """The property is a secret, or its value comes from a config tree (a mounted Secret)."""
+        """The property is a secret, or its value comes from a config tree (a mounted Secret), itself or through
+        a placeholder."""
         if prop.secret:
             return True
-        keys = [key for n in (prop.name, *prop.aliases) for key in _keys(n)]
-        for layer in self._layers:
-            if any(key in layer for key in keys):
-                return id(layer) in self._secret
+        found = self._provider([key for n in (prop.name, *prop.aliases) for key in _keys(n)], skip_empty=True)
+        return found is not None and self._from_secret(found[0], found[1], 0)
+
+    def _from_secret(self, layer: dict[str, tuple[str, str]], key: str, depth: int) -> bool:
+        """Whether the value at ``layer[key]`` is a config tree's, or takes one through its placeholders."""
+        if id(layer) in self._secret:
+            return True
+        if depth > _DEPTH:
+            return True  # circular: nothing resolves, but say nothing of it
+        value = layer[key][1]
+        index = 0
+        while (start := value.find("${", index)) >= 0:
+            end = _closing(value, start + 2)
+            if end < 0:
+                break
+            for name in _placeholder_names(value[start + 2:end]):
+                found = self._provider(_lookup_keys(name), skip_empty=False)
+                if found is not None and self._from_secret(found[0], found[1], depth + 1):
+                    return True
+            index = end + 1
         return False
 
     def subtree(self, prefix: str, as_written: bool = False) -> dict[str, str]:
@@ -182,18 +232,19 @@ class Properties:
             for key, (original, value) in layer.items():
                 if key.startswith(start):
                     merged[_suffix(original, segments) if as_written else key[len(start):]] = value
-        resolved = {key: self._resolve(value, depth=0) for key, value in merged.items()}
+        resolved = {key: self._resolve(value, 0, (prefix, key)) for key, value in merged.items()}
         return {key: value for key, value in resolved.items() if value}
 
     def resolve(self, value: str) -> str | None:
         """``value`` with its ``${name:default}`` placeholders replaced; None when one cannot be."""
-        return self._resolve(value, depth=0)
+        return self._resolve(value, 0, None)
 
-    def _resolve(self, value: str, depth: int) -> str | None:
+    def _resolve(self, value: str, depth: int, origin: Any) -> str | None:
         """Replace placeholders, nested as Spring's PropertyPlaceholderHelper nests them.
 
         ``${a:${b:c}}`` is ``a``, else ``b``, else ``c``; a found value's own placeholders are resolved
         too. One that resolves to nothing (no value, no default, or circular) makes the value absent.
+        ``origin`` names the property whose value this is: each of its ``${random.*}`` is drawn once.
         """
         if "${" not in value:
             return value
@@ -206,12 +257,12 @@ class Properties:
                 break
             out.append(value[index:start])
             name, default = _split_default(value[start + 2:end])
-            key = self._resolve(name, depth + 1)
+            key = self._resolve(name, depth + 1, origin)
             found = None if key is None else self._lookup(key, depth + 1)
             if found is None and key is not None and key.startswith("random."):
-                found = self._random(key, value, start)
+                found = self._random(key, (origin, value, start))
             if found is None and default is not None:
-                found = self._resolve(default, depth + 1)
+                found = self._resolve(default, depth + 1, origin)
             if found is None:
                 return None
             out.append(found)
@@ -219,24 +270,31 @@ class Properties:
         out.append(value[index:])
         return "".join(out)
 
-    def _random(self, name: str, value: str, start: int) -> str | None:
-        """``${random.*}`` (``random_values.py``), the same each time this value is read."""
-        drawn = self._randoms.get((value, start))
+    def _random(self, name: str, where: tuple[Any, str, int]) -> str | None:
+        """``${random.*}`` (``random_values.py``), the same each time this property's value is read."""
+        drawn = self._randoms.get(where)
         if drawn is None:
             try:
                 drawn = random_value(name)
             except RandomRangeError as error:
-                raise ConfigError(f"Invalid placeholder {error}") from None
+                raise ConfigError(f"Invalid placeholder {error}{self._named(where[0])}") from None
             if drawn is not None:
-                self._randoms[(value, start)] = drawn
+                self._randoms[where] = drawn
         return drawn
 
+    def _named(self, origin: Any) -> str:
+        """`` in property 'x'`` for the origin of a value, when it names one."""
+        if isinstance(origin, tuple) and isinstance(origin[0], int):
+            layer = next((layer for layer in self._layers if id(layer) == origin[0]), {})
+            if origin[1] in layer:
+                return f" in property '{layer[origin[1]][0]}'"
+        return f" in property '{origin[0]}.{origin[1]}'" if isinstance(origin, tuple) else ""
+
     def _lookup(self, name: str, depth: int) -> str | None:
-        keys = _keys(name)
         for layer in self._layers:
-            for key in keys:
+            for key in _lookup_keys(name):
                 if key in layer:
-                    found = self._resolve(layer[key][1], depth)
+                    found = self._resolve(layer[key][1], depth, (id(layer), key))
                     if found is not None:
                         return found
         return None
@@ -246,6 +304,30 @@ def _keys(name: str) -> list[str]:
     """The relaxed forms of a name; with a dash, also the environment's legacy one (``ADDITIONAL_LOCATION``)."""
     key = canonical(name)
     return [key, canonical(name.replace("-", "."))] if "-" in name else [key]
+
+
+def _lookup_keys(name: str) -> list[str]:
+    """The keys a placeholder's name is looked up by: its relaxed forms, and an environment variable's as written
+    (``${MY_VAR}``)."""
+    keys = _keys(name)
+    if "." not in name and "_" in name:
+        keys.append(env_canonical(name))
+    return keys
+
+
+def _placeholder_names(text: str) -> list[str]:
+    """The names a placeholder's text may look up: its name and those in its default, nested ones too."""
+    name, default = _split_default(text)
+    names = [name]
+    for part in (name, default or ""):
+        index = 0
+        while (start := part.find("${", index)) >= 0:
+            end = _closing(part, start + 2)
+            if end < 0:
+                break
+            names += _placeholder_names(part[start + 2:end])
+            index = end + 1
+    return [n for n in names if "${" not in n]
 
 
 def _closing(text: str, start: int) -> int:

@@ -14,7 +14,7 @@ beside a file location), a later profile above an earlier one. A document with
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ MAX_DEPTH = 50  # SnakeYAML's default nestingDepthLimit
 MAX_VALUES = 100_000
 ON_PROFILE = "spring.config.activate.on-profile"  # a document only a profile activates
 _CONDITIONS = ("spring.config.activate.onprofile", "spring.profiles")  # relaxed; the second is Boot 2's
+_PROFILE_CHOICES = ("spring.profiles.active", "spring.profiles.include", "spring.profiles.default")
 _UNICODE = re.compile(r"[0-9a-fA-F]{4}")
 
 
@@ -41,14 +42,14 @@ class ConfigFileError(Exception):
 
 
 def load(locations: list[tuple[str, str | None]], profiles: list[str] | None = None,
-         initial_imports: str | None = None) -> list[Found]:
+         initial_imports: str | None = None, resolve: Callable[[str], str | None] = lambda text: text) -> list[Found]:
     """Every config file found at ``locations``, lowest first, with its properties: a group of locations at a
     time, its plain files, then for each active profile (a later one higher) its profile files (None: profiles
     not known yet, no profile file nor profile document read).
 
     A group is ``;``-separated ``[optional:][file:]path`` locations, with the property that named it (None: the
     default one). Each file's ``spring.config.import`` comes right above it, ``initial_imports`` (set above the
-    files) above them all.
+    files) above them all; ``resolve`` replaces the placeholders of what a file imports.
     """
     found: list[Found] = []
     seen: set[Path] = set()
@@ -60,14 +61,27 @@ def load(locations: list[tuple[str, str | None]], profiles: list[str] | None = N
                 except ConfigFileError as error:
                     raise ConfigFileError(f"{error} (property '{origin}')" if origin else str(error)) from None
                 for path in paths:
-                    _add((path, read(path, profiles), False), found, seen, profiles, 0)
+                    values = read(path, profiles)
+                    if profile is not None:
+                        _refuse_profile_properties(values, f"{path}")
+                    _add((path, values, False), found, seen, profiles, 0, resolve)
     for source in _imported(initial_imports, None, profiles):
-        _add(source, found, seen, profiles, 0)
+        _add(source, found, seen, profiles, 0, resolve)
     return found
 
 
-def _add(source: Found, found: list[Found], seen: set[Path], profiles: list[str] | None, depth: int) -> None:
-    """A source, once, then what it imports above it."""
+def _refuse_profile_properties(values: dict[str, str], where: str) -> None:
+    """Boot's InvalidConfigDataPropertyException: a profile-specific file or document cannot choose profiles."""
+    for key in values:
+        name = _relaxed(key).split("[")[0]
+        if name in _PROFILE_CHOICES:
+            raise ConfigFileError(f"{where}: property '{key}' is invalid in a profile specific resource (the active "
+                                  "profiles are chosen outside it)")
+
+
+def _add(source: Found, found: list[Found], seen: set[Path], profiles: list[str] | None, depth: int,
+         resolve: Callable[[str], str | None]) -> None:
+    """A source, once, then what it imports above it (a comma list or a YAML list, placeholders resolved)."""
     resolved = source[0].resolve()
     if resolved in seen:
         return
@@ -76,9 +90,9 @@ def _add(source: Found, found: list[Found], seen: set[Path], profiles: list[str]
     if depth > 10:
         raise ConfigFileError(f"{source[0]}: spring.config.import nests more than 10 deep")
     if not source[2]:  # a config tree imports nothing
-        value = next((v for k, v in source[1].items() if _relaxed(k) == _relaxed(config_imports.IMPORT)), None)
+        value = ",".join(filter(None, map(resolve, _list(source[1], config_imports.IMPORT))))
         for imported in _imported(value, source[0].parent, profiles):
-            _add(imported, found, seen, profiles, depth + 1)
+            _add(imported, found, seen, profiles, depth + 1, resolve)
 
 
 def _imported(value: str | None, base: Path | None, profiles: list[str] | None) -> list[Found]:
@@ -314,16 +328,34 @@ def _merge(documents: list[dict[str, str]], profiles: list[str] | None, name: st
     Boot 2's ``spring.profiles``) only when its expression matches the active ``profiles`` (None: not known yet,
     left out)."""
     merged: dict[str, str] = {}
-    for document in documents:
-        condition = next((value for key, value in document.items() if _relaxed(key) in _CONDITIONS), None)
+    includes: list[str] = []
+    for number, document in enumerate(documents, 1):
+        condition = ",".join(value for key in _CONDITIONS for value in _list(document, key)) or None
         if condition is not None:
             try:
                 if profiles is None or not profiles_.matches(condition, profiles):
                     continue
             except profiles_.ProfileError as error:
                 raise ConfigFileError(f"{name}: {error}") from None
+            _refuse_profile_properties(document, f"{name}: document {number}")
+        includes += _list(document, profiles_.INCLUDE)  # every document's includes add up, as in Boot
         merged.update(document)
+    if includes:
+        for key in [key for key in merged if _relaxed(key).split("[")[0] == _relaxed(profiles_.INCLUDE)]:
+            del merged[key]
+        merged[profiles_.INCLUDE] = ",".join(includes)
     return merged
+
+
+def _list(values: dict[str, str], name: str) -> list[str]:
+    """A list property of one file or document: a comma list, or YAML's ``name[0]``, ``name[1]``..."""
+    relaxed, items = _relaxed(name), []
+    for key, value in values.items():
+        key = _relaxed(key)
+        index = key[len(relaxed) + 1:-1]
+        if key == relaxed or (key.startswith(relaxed + "[") and key.endswith("]") and index.isdigit()):
+            items += [item.strip() for item in value.split(",") if item.strip()]
+    return items
 
 
 def _relaxed(name: str) -> str:

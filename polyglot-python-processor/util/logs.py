@@ -89,11 +89,11 @@ def read_properties(options: Mapping[str, Property]) -> tuple[Properties, dict[s
     them, and the values of its own options."""
     properties = Properties()
     configure_logging(properties)
-    if properties.profiles == ["default"]:  # Boot's lines (this one at DEBUG: nothing was set)
-        log.debug('No active profile set, falling back to 1 default profile: "default"')
+    names, count = ", ".join(f'"{p}"' for p in properties.profiles), len(properties.profiles)
+    if properties.default_profiles:  # Boot's start-up lines; this one at DEBUG, as a failing start is one line
+        log.debug("No active profile set, falling back to %d default profile%s: %s", count, "s"[:count - 1], names)
     else:
-        log.info("The following %d profile%s active: %s", len(properties.profiles),
-                 " is" if len(properties.profiles) == 1 else "s are", ", ".join(f'"{p}"' for p in properties.profiles))
+        log.info("The following %d profile%s active: %s", count, " is" if count == 1 else "s are", names)
     if properties.files:
         log.info("Properties read from %s", ", ".join(map(str, properties.files)))
     return properties, {name: properties.get(prop) for name, prop in options.items()}
