@@ -110,7 +110,7 @@ def _files(location: str, profile: str | None = None) -> list[Path]:
 
 
 def _located(text: str, location: str, optional: bool, profile: str | None) -> list[Path]:
-    what = f"config location '{location}'"
+    what = f"config location '{config_imports.shortened(location)}'"
 
     def present(path: Path, test: Callable[[Path], bool], skip: bool = optional) -> bool:
         return config_imports.present(path, test, skip, what)

@@ -46,11 +46,12 @@ def present(path: Path, test: Callable[[Path], bool], optional: bool, what: str)
         if optional and error.errno != errno.ENAMETOOLONG:
             log.debug("%s: %s cannot be looked at (%s): skipped", what, path, error.strerror or error)
             return False
-        raise ConfigImportError(f"{what}: cannot look at {_short(path)} ({error.strerror or error})") from None
+        raise ConfigImportError(f"{what}: cannot look at {shortened(path)} ({error.strerror or error})") from None
 
 
-def _short(path: Path) -> str:
-    text = str(path)
+def shortened(text: object) -> str:
+    """A path or location as an error line names it: its start and end when long."""
+    text = str(text)
     return text if len(text) <= 120 else f"{text[:60]}…{text[-40:]}"
 
 
@@ -77,7 +78,7 @@ def _config_files(path: str, base: Path | None, optional: bool, item: str, files
     """The plain files of a ``file:`` import, then each profile's, as Boot's resolveProfileSpecific adds them."""
     where = _relative(path, base)
     directory = path.endswith("/")
-    what = f"spring.config.import '{item}'"
+    what = f"spring.config.import '{shortened(item)}'"
     if not optional:
         looked_at = where.parent if directory and where.name == "*" else where
         if not present(looked_at, Path.is_dir if directory else Path.is_file, False, what):
@@ -88,7 +89,7 @@ def _config_files(path: str, base: Path | None, optional: bool, item: str, files
 
 
 def _trees(path: str, base: Path | None, optional: bool, item: str) -> list[Found]:
-    what = f"spring.config.import '{item}'"
+    what = f"spring.config.import '{shortened(item)}'"
     if not path.endswith("/"):
         raise ConfigImportError(f"{what}: a config tree is a directory ending with '/'")
     if path.endswith("/*/"):

@@ -49,7 +49,7 @@ def shown(value: str, secret: bool = False) -> str:
     return repr(masked if len(masked) <= 200 else f"{masked[:200]}…")
 
 
-_USERINFO = re.compile(r"(?<![^\s,;])((?:[A-Za-z][A-Za-z0-9+.-]*://)?)([^\s,;]*)@")
+_USERINFO = re.compile(r"(?<![^\s,;])((?:[A-Za-z][\w+.-]*://)?)([^\s,;]*)@")
 
 
 def _mask(match: re.Match[str]) -> str:
