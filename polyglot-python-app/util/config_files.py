@@ -292,7 +292,8 @@ def _loader(yaml: Any, base: type) -> type:
             try:
                 return super().construct_object(node, deep)
             except (ValueError, OverflowError, TypeError) as error:
-                problem = f"cannot read {str(getattr(node, 'value', ''))[:40]!r} as {node.tag.rpartition(':')[2]}"
+                text = repr(node.value[:40]) if isinstance(node.value, str) else "a value"
+                problem = f"cannot read {text} as {node.tag.rpartition(':')[2]}"
                 raise yaml.constructor.ConstructorError(None, None, f"{problem}: {str(error).split(':')[0]}",
                                                         node.start_mark) from None
 
