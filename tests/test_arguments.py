@@ -134,3 +134,29 @@ def test_random_placeholders_as_boots_random_value_property_source() -> None:
     with pytest.raises(ConfigError, match="Java int"):
         props.resolve("${random.int(99999999999)}")
     assert Properties(["--random.uuid=fixed", "--app.id=${random.uuid}"], {}).get(name) == "fixed"
+
+
+@pytest.mark.parametrize(("placeholder", "message"), [
+    ("random.int(abc)", "'abc' is not a Java int"),
+    ("random.int[5,]", "'' is not a Java int"),
+    ("random.int(1O)", "'1O' is not a Java int"),
+    ("random.long(ten)", "'ten' is not a Java long"),
+    ("random.int[5, 10]", "' 10' is not a Java int"),  # Integer.parseInt takes no blank
+    ("random.integer", "'ge' is not a Java int"),  # Boot: "int", one character, the range, one character
+    ("random.int(" + "9" * 5000 + ")", "out of the range of a Java int"),
+    ("random.long(-5)", "the bound must be positive"),
+])
+def test_a_random_range_boot_cannot_parse_is_one_line(placeholder: str, message: str) -> None:
+    """Boot's Range.of fails the start on a bound Integer.parseInt (Long.parseLong) refuses."""
+    with pytest.raises(ConfigError, match=message) as raised:
+        Properties([f"--app.port=${{{placeholder}}}"], {}).raw("app.port")
+    assert len(str(raised.value)) < 200
+
+
+def test_a_random_bound_reads_as_java_parses_it() -> None:
+    """Integer.parseInt takes '+5'; 'random.intx' (no range after 'int' and one character) is random bytes in Boot."""
+    props = Properties([], {})
+    assert {Properties([], {}).resolve("${random.int(+5)}") for _ in range(80)} == {"0", "1", "2", "3", "4"}
+    assert props.resolve("${random.int-3-}") in {"0", "1", "2"}
+    assert props.resolve("${random.long[-2,0,9]}") in {"-2", "-1"}  # Boot reads the first two bounds
+    assert len(props.resolve("${random.intx}") or "") == 32

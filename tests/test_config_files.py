@@ -200,3 +200,70 @@ def test_yaml_merge_keys_keep_one_pair_per_key_and_the_nearest_wins() -> None:
     merged = "a: &a {p: 1, q: 1}\nb: &b {q: 2, r: 2}\nc:\n  <<: [*a, *b]\n  r: 3\n"
     assert read_yaml(merged, "application.yml") == {  # the first map listed wins, the map's own keys over both
         "a.p": "1", "a.q": "1", "b.q": "2", "b.r": "2", "c.p": "1", "c.q": "1", "c.r": "3"}
+
+
+def test_yaml_scalars_read_as_boots_loader_reads_them() -> None:
+    """Boot's loader has no timestamp resolver (a date is the text written, 2026-02-30 too) and binds a float as Java
+    writes it."""
+    from util.config_files import read_yaml
+
+    text = ("deadline: 2026-12-04T10:00:00Z\nbuild.date: 2026-02-30\nhex: 0x1F\n"
+            "f: [.inf, -.inf, .nan, 1.5, 100.0, 0.0001, 1.0e+20, 12345678.9, 0.001]\n")
+    assert read_yaml(text, "application.yml") == {
+        "deadline": "2026-12-04T10:00:00Z", "build.date": "2026-02-30", "hex": "31", "f[0]": "Infinity",
+        "f[1]": "-Infinity", "f[2]": "NaN", "f[3]": "1.5", "f[4]": "100.0", "f[5]": "1.0E-4", "f[6]": "1.0E20",
+        "f[7]": "1.23456789E7", "f[8]": "0.001"}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a: 1\nb: !!int x\n", r"application\.yml:2: .*cannot read 'x' as int"),
+    ("a: " + "9" * 5000 + "\n", r"application\.yml:1: .*as int: Exceeds the limit \(4300 digits\)"),
+    ("a: 0x" + "f" * 5000 + "\n", r"application\.yml: document 1 holds a number too long to write"),
+    ("a: !!timestamp 2026-02-30\n", r"application\.yml:1: .*day is out of range for month"),
+])
+def test_a_yaml_value_pyyaml_cannot_construct_is_one_line_naming_the_file(cwd: Path, text: str, message: str) -> None:
+    write(cwd / "application.yml", text)
+    with pytest.raises(ConfigError, match=message) as refused:
+        Properties([], {})
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("args", [
+    ["--spring.profiles.active=" + "p" * 300],
+    ["--spring.config.location=optional:file:/tmp/" + "d" * 300 + "/"],
+    ["--spring.config.location=optional:file:/tmp/" + "f" * 300 + ".yml"],
+    ["--spring.config.additional-location=optional:file:/tmp/" + "w" * 300 + "/*/"],
+    ["--spring.config.import=optional:configtree:/tmp/" + "t" * 300 + "/"],
+    ["--spring.config.import=optional:file:/tmp/" + "i" * 300 + ".yml"],
+])
+def test_a_name_too_long_to_be_a_path_is_one_line_even_when_optional(cwd: Path, args: list[str]) -> None:
+    """Path.is_dir()/is_file() raise ENAMETOOLONG (not False): such a location can never exist, so it is a mistake."""
+    with pytest.raises(ConfigError, match="File name too long") as refused:
+        Properties(args, {})
+    assert "\n" not in str(refused.value)
+    assert len(str(refused.value)) < 400  # the location shortened
+
+
+def test_a_config_directory_the_user_cannot_search_is_skipped_as_boot_skips_it(
+        cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The images run as USER 10001: a ./config/ it cannot search makes stat() refuse (PermissionError) where Boot's
+    FileSystemResource.exists() is false. A default or optional location is skipped; a location that is not
+    optional is one line naming it. Simulated (tests run as root) by making stat() under the directory refuse."""
+    import os
+    import pathlib
+
+    locked = cwd / "config"
+    write(locked / "application.yml", "a: 1\n")
+    write(locked / "pod" / "application.yml", "a: 2\n")
+    real_stat = pathlib.Path.stat
+
+    def stat(self: pathlib.Path, *args: object, **kwargs: object) -> os.stat_result:
+        if os.path.abspath(self).startswith(f"{locked}/"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+    assert Properties([], {}).raw("a") is None  # ./config/ and ./config/*/ skipped
+    assert Properties([f"--spring.config.additional-location=optional:file:{locked}/pod/"], {}).raw("a") is None
+    with pytest.raises(ConfigError, match=r"config location '.*/config/pod/': cannot look at .*Permission denied"):
+        Properties([f"--spring.config.additional-location=file:{locked}/pod/"], {})

@@ -13,10 +13,13 @@ beside a file location), a later profile above an earlier one. A document with
 
 from __future__ import annotations
 
+import decimal
+import errno
+import math
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from . import config_imports
 from . import profiles as profiles_
@@ -97,14 +100,15 @@ def _add(source: Found, found: list[Found], seen: set[Path], profiles: list[str]
 
 def _imported(value: str | None, base: Path | None, profiles: list[str] | None) -> list[Found]:
     try:
-        return config_imports.imports(value, base, lambda path: read(path, profiles), _files)
+        return config_imports.imports(value, base, lambda path: read(path, profiles), _files, profiles)
     except config_imports.ConfigImportError as error:
         raise ConfigFileError(str(error)) from None
 
 
 def _files(location: str, profile: str | None = None) -> list[Path]:
     """The config files of one location (``application-<profile>`` ones for a profile, ``name-<profile>.ext``
-    beside a file location, optional), lowest first."""
+    beside a file location, optional), lowest first. Where the system refuses to look (a directory the user
+    cannot search) an optional location has none, as in Boot; any other is an error naming it."""
     text, optional = location.strip(), False
     if text.startswith("optional:"):
         text, optional = text[len("optional:"):], True
@@ -113,28 +117,42 @@ def _files(location: str, profile: str | None = None) -> list[Path]:
     text = text.removeprefix("file:")
     if not text:
         return []
+    try:
+        return _located(text, location, optional, profile)
+    except config_imports.ConfigImportError as error:
+        raise ConfigFileError(str(error)) from None
+
+
+def _located(text: str, location: str, optional: bool, profile: str | None) -> list[Path]:
+    what = f"config location '{config_imports.shortened(location)}'"
+
+    def present(path: Path, test: Callable[[Path], bool], skip: bool = optional) -> bool:
+        return config_imports.present(path, test, skip, what)
+
     if text.endswith("/"):
         if text.endswith("*/"):
             parent = Path(text[:-2])
             try:
-                directories = sorted(p for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+                directories = sorted(p for p in parent.iterdir() if present(p, Path.is_dir, True)) if present(
+                    parent, Path.is_dir) else []
             except OSError as error:
-                raise ConfigFileError(f"cannot list config location '{location}': {error.strerror or error}") from None
+                if optional and error.errno != errno.ENAMETOOLONG:
+                    return []
+                raise ConfigFileError(f"cannot list {what}: {error.strerror or error}") from None
         else:
             directories = [Path(text)]
-            if not directories[0].is_dir() and not optional:
-                raise ConfigFileError(f"config location '{location}' does not exist (prefix it with 'optional:' "
-                                      "if it may be missing)")
+            if not present(directories[0], Path.is_dir) and not optional:
+                raise ConfigFileError(f"{what} does not exist (prefix it with 'optional:' if it may be missing)")
         stem = "application" if profile is None else f"application-{profile}"
-        return [d / f"{stem}{ext}" for d in directories for ext in EXTENSIONS if (d / f"{stem}{ext}").is_file()]
+        return [d / f"{stem}{ext}" for d in directories for ext in EXTENSIONS
+                if present(d / f"{stem}{ext}", Path.is_file, True)]
     path = Path(text)
     if path.suffix not in EXTENSIONS:
-        raise ConfigFileError(f"config location '{location}': expected a directory ending with '/' or a "
-                              f"{', '.join(EXTENSIONS)} file")
+        raise ConfigFileError(f"{what}: expected a directory ending with '/' or a {', '.join(EXTENSIONS)} file")
     if profile is not None:
         variant = path.with_name(f"{path.stem}-{profile}{path.suffix}")
-        return [variant] if variant.is_file() else []
-    if not path.is_file():
+        return [variant] if present(variant, Path.is_file, True) else []
+    if not present(path, Path.is_file):
         if optional:
             return []
         raise ConfigFileError(f"config file '{location}' does not exist (prefix it with 'optional:' if it may "
@@ -239,7 +257,7 @@ def read_yaml(text: str, name: str, profiles: list[str] | None = None) -> dict[s
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's; PyYAML's scanner is quadratic in nesting
     try:
         _check_events(yaml, yaml.parse(text, Loader=loader), name)
-        documents = list(yaml.load_all(text, Loader=_merging(yaml, loader)))
+        documents = list(yaml.load_all(text, Loader=_loader(yaml, loader)))
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
         where = f"{name}:{mark.line + 1}" if mark is not None else name
@@ -258,6 +276,8 @@ def read_yaml(text: str, name: str, profiles: list[str] | None = None) -> dict[s
         except RecursionError:
             raise ConfigFileError(f"{name}: document {number} nests too deeply (or an alias refers to a map that "
                                   "holds it)") from None
+        except ValueError:  # str() of an int of more than 4,300 digits (0x...)
+            raise ConfigFileError(f"{name}: document {number} holds a number too long to write") from None
         except OverflowError:
             raise ConfigFileError(f"{name}: document {number} expands to more than {MAX_VALUES:,} values (its "
                                   "aliases refer to each other): expand them or use fewer") from None
@@ -265,10 +285,16 @@ def read_yaml(text: str, name: str, profiles: list[str] | None = None) -> dict[s
     return _merge(flat_documents, profiles, name)
 
 
-def _merging(yaml: Any, loader: type) -> type:
-    """``loader`` keeping one pair per key of a merged map (``<<``), as SnakeYAML does: PyYAML keeps every merged
-    pair, so maps merging the one before twice double at each step (2^25 pairs from 50 aliases)."""
-    class Merging(loader):  # type: ignore[misc,valid-type]
+def _loader(yaml: Any, base: type) -> type:
+    """``base`` reading YAML as Spring Boot's OriginTrackedYamlLoader does: no timestamp resolver (a date is the text
+    written), one pair per key of a merged map (``<<``), as SnakeYAML keeps (PyYAML keeps every merged pair, so
+    maps merging the one before twice double at each step: 2^25 pairs from 50 aliases); a value that cannot be
+    constructed (``!!int x``, an int of more than 4,300 digits) a YAML error at its line."""
+    class Loader(base):  # type: ignore[misc,valid-type]
+        yaml_implicit_resolvers: ClassVar[dict[Any, Any]] = {
+            first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+            for first, resolvers in base.yaml_implicit_resolvers.items()}
+
         def flatten_mapping(self, node: Any) -> None:
             super().flatten_mapping(node)
             last = {(key.tag, key.value): at for at, (key, _) in enumerate(node.value)
@@ -276,7 +302,16 @@ def _merging(yaml: Any, loader: type) -> type:
             node.value = [(key, value) for at, (key, value) in enumerate(node.value)
                           if not isinstance(key, yaml.ScalarNode) or last[(key.tag, key.value)] == at]
 
-    return Merging
+        def construct_object(self, node: Any, deep: bool = False) -> Any:
+            try:
+                return super().construct_object(node, deep)
+            except (ValueError, OverflowError, TypeError) as error:
+                text = repr(node.value[:40]) if isinstance(node.value, str) else "a value"
+                problem = f"cannot read {text} as {node.tag.rpartition(':')[2]}"
+                raise yaml.constructor.ConstructorError(None, None, f"{problem}: {str(error).split(':')[0]}",
+                                                        node.start_mark) from None
+
+    return Loader
 
 
 def _check_events(yaml: Any, events: Iterable[Any], name: str) -> None:
@@ -319,8 +354,29 @@ def _flatten(prefix: str, value: Any, flat: dict[str, str], holders: tuple[int, 
             _flatten(f"{prefix}[{index}]", item, flat, holders, budget)
     elif isinstance(value, bool):
         flat[prefix] = "true" if value else "false"
+    elif isinstance(value, float):
+        flat[prefix] = _java_double(value)
     else:
         flat[prefix] = "" if value is None else str(value)
+
+
+def _java_double(value: float) -> str:
+    """``value`` as Java's ``Double.toString`` writes it (Boot binds a YAML float as that text): ``Infinity``,
+    ``NaN``, ``100.0``, ``1.0E-4``, ``1.0E7``."""
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    if value == 0:
+        return "-0.0" if math.copysign(1, value) < 0 else "0.0"
+    sign, digits, exponent = decimal.Decimal(repr(value)).normalize().as_tuple()
+    text, point = "".join(map(str, digits)), len(digits) + int(exponent)  # value = 0.<text> * 10^point
+    if 1e-3 <= abs(value) < 1e7:
+        written = ("0." + "0" * -point + text if point <= 0 else
+                   text + "0" * (point - len(text)) + ".0" if point >= len(text) else f"{text[:point]}.{text[point:]}")
+    else:
+        written = f"{text[0]}.{text[1:] or '0'}E{point - 1}"
+    return "-" + written if sign else written
 
 
 def _merge(documents: list[dict[str, str]], profiles: list[str] | None, name: str) -> dict[str, str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from .arguments import ConfigError, Properties, Property
 from .bindings import BINDER, InputBinding
 from .dead_letter import KafkaDeadLetters
+from .logs import shown
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ def bootstrap_servers(properties: Properties) -> list[str]:
         host, sep, given = address.rpartition(":") if not address.endswith("]") else ("", "", "")
         if sep and not host.endswith(":"):
             if not given.isdigit() or not 0 < int(given) < 65536:
-                raise ConfigError(f"Invalid broker '{item.strip()}' in property '{BROKERS.name}': "
-                                  "the port must be a number")
+                raise ConfigError(f"Invalid broker {shown(item.strip(), properties.secret(BROKERS))} in property "
+                                  f"'{BROKERS.name}': the port must be a number")
             servers.append(address)
         else:
             servers.append(f"{address}:{port}")
@@ -70,21 +71,22 @@ def java_settings(properties: Properties, binding: str | None, role: str) -> dic
     return kafka
 
 
-def acks(value: str, name: str) -> str:
-    """``0``, ``1`` or ``all`` (``-1`` is ``all``)."""
-    value = value.strip().lower()
-    if value in ("all", "-1"):
+def acks(value: str, name: str, secret: bool = True) -> str:
+    """``0``, ``1`` or ``all`` (``-1`` is ``all``); a bad value is shown only when not ``secret``."""
+    text = value.strip().lower()
+    if text in ("all", "-1"):
         return "all"
-    if value in ("0", "1"):
-        return value
-    raise ConfigError(f"Invalid value '{value}' for property '{name}': expected 0, 1 or all")
+    if text in ("0", "1"):
+        return text
+    raise ConfigError(f"Invalid value {shown(value.strip(), secret)} for property '{name}': expected 0, 1 or all")
 
 
 def required_acks(properties: Properties, kafka: Mapping[str, str]) -> str:
-    """The producer's acks: a pass-through ``acks`` wins over ``...binder.requiredAcks``."""
+    """The producer's acks: a pass-through ``acks`` (not shown in an error: which source set it, a config tree or
+    not, is not known here) wins over ``...binder.requiredAcks``."""
     if "acks" in kafka:
         return acks(kafka["acks"], "acks")
-    return acks(properties.get(REQUIRED_ACKS), REQUIRED_ACKS.name)
+    return acks(properties.get(REQUIRED_ACKS), REQUIRED_ACKS.name, properties.secret(REQUIRED_ACKS))
 
 
 def withheld(key: str, value: str, weakening: Mapping[str, tuple[str | None, str]]) -> bool:

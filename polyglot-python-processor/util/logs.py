@@ -1,5 +1,5 @@
 """One Spring-like log line format; levels from ``logging.level.root`` and ``logging.level.<logger>``; the
-properties every recipe reads first, logging configured from them."""
+properties every recipe reads first, logging configured from them; values shown without their passwords."""
 
 from __future__ import annotations
 
@@ -40,12 +40,31 @@ def start_logging() -> None:
         logging.getLogger(name).setLevel(level)
 
 
+def shown(value: str, secret: bool = False) -> str:
+    """``value`` as an error or a log line may show it: quoted, the password of each ``[scheme://]user:password@``
+    masked (``amqp://app:****@rabbit``); a ``secret`` one (``Properties.secret``: a config tree's) not at all."""
+    if secret:
+        return "<hidden>"
+    masked = _USERINFO.sub(_mask, value)
+    return repr(masked if len(masked) <= 200 else f"{masked[:200]}…")
+
+
+_USERINFO = re.compile(r"(?<![^\s,;])((?:[A-Za-z][\w+.-]*://)?)([^\s,;]*)@")
+
+
+def _mask(match: re.Match[str]) -> str:
+    scheme, userinfo = match.groups()
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{user}:****@" if colon else f"{scheme}****@"
+
+
 def configure_logging(properties: Properties) -> None:
     """Apply ``logging.level.*``; ConfigError names a level that is not one."""
     for name, value in properties.subtree("logging.level", as_written=True).items():
         level = _LEVELS.get(value.strip().lower())
         if level is None:
-            raise ConfigError(f"Invalid value '{value}' for property 'logging.level.{name}': "
+            secret = properties.secret(Property(f"logging.level.{name}"))
+            raise ConfigError(f"Invalid value {shown(value, secret)} for property 'logging.level.{name}': "
                               "expected TRACE, DEBUG, INFO, WARN, ERROR or OFF")
         logging.getLogger(None if name.lower() == "root" else name).setLevel(level)
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .arguments import ConfigError, Properties, Property, canonical
+from .logs import shown
 
 RABBIT = "spring.rabbitmq"
 HOST = Property(f"{RABBIT}.host", str, "localhost", "RabbitMQ host (rabbit binder).")
@@ -121,8 +122,8 @@ def addresses(properties: Properties) -> list[tuple[str, int, str, str, str, boo
             if not host:
                 host, port_text = hostport, ""
             if port_text and not port_text.isdigit():
-                raise ConfigError(f"Invalid address '{item}' in property '{ADDRESSES.name}': the port must be a "
-                                  "number")
+                raise ConfigError(f"Invalid address {shown(item, properties.secret(ADDRESSES))} in property "
+                                  f"'{ADDRESSES.name}': the port must be a number")
             entries.append((host.strip("[]"), int(port_text) if port_text else None, u or user, p or password,
                             path or vhost, secure))
     else:
