@@ -148,3 +148,22 @@ def test_a_placeholder_naming_an_environment_variable_resolves_from_it() -> None
                        {"MY_VAR": "x", "SECRETS_DIR": "/tmp"})
     assert props.raw("a") == "x"
     assert props.resolve("${SECRETS_DIR}") == "/tmp"
+
+
+def test_an_on_cloud_platform_document_counts_only_on_that_platform(tmp_path: Path) -> None:
+    """Boot's spring.config.activate.on-cloud-platform: the document counts only when that platform is detected
+    (Kubernetes: KUBERNETES_SERVICE_HOST and _PORT set; or spring.main.cloud-platform)."""
+    write(tmp_path / "application.yml", "k: base\n---\nspring.config.activate.on-cloud-platform: kubernetes\nk: k8s\n"
+                                        "---\nspring.config.activate.on-cloud-platform: cloud_foundry\nc: cf\n")
+    assert (at(tmp_path).raw("k"), at(tmp_path).raw("c")) == ("base", None)
+    on_kubernetes = at(tmp_path, environ={"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"})
+    assert (on_kubernetes.raw("k"), on_kubernetes.raw("c")) == ("k8s", None)
+
+
+@pytest.mark.parametrize("placeholder", ["random.int(abc)", "random.int[5,]", "random.int(1O)",
+                                         "random.long(ten)"])
+def test_a_malformed_random_range_is_one_line_naming_the_property(placeholder: str) -> None:
+    """Boot fails to start on a random.int*/random.long* range it cannot parse (NumberFormatException from
+    Range.of); the line names the property holding it."""
+    with pytest.raises(ConfigError, match=r"app\.port"):
+        Properties([f"--app.port=${{{placeholder}}}"], {}).raw("app.port")

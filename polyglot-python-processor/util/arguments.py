@@ -117,11 +117,12 @@ class Properties:
         above = list(self._layers)
         imports = ",".join(self.values(config_imports.IMPORT))
         locations = self._locations()  # from the sources above the files only, as Boot binds them
+        platform = config_files.cloud_platform(self.raw, environ)
         try:  # the plain files first: they may name the active profiles, which then choose what else is read
-            self._add_files(above, config_files.load(locations, None, imports, self.resolve))
+            self._add_files(above, config_files.load(locations, None, imports, self.resolve, platform))
             self.profiles, self.default_profiles = profiles.active(
                 self.values, self.every, self.raw(profiles.VALIDATE) != "false")  # a later profile winning
-            self._add_files(above, config_files.load(locations, self.profiles, imports, self.resolve))
+            self._add_files(above, config_files.load(locations, self.profiles, imports, self.resolve, platform))
         except config_files.ConfigFileError as error:
             raise ConfigError(str(error)) from None
         except profiles.ProfileError as error:
