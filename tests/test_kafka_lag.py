@@ -195,3 +195,47 @@ def test_an_interval_under_a_second_stops_the_app_at_start_naming_the_property(
     assert app.wait() == 1
     assert ("Configuration error: Property 'spring.cloud.stream.kafka.binder.metrics.offsetLagMetricsInterval' "
             "must be at least 1s") in app.log
+
+
+def test_a_huge_interval_leaves_the_gauge_computed_on_scrape_without_a_traceback(
+        start_stream_app: Callable[..., App], kafka: Kafka, names: Callable[[str], str], tmp_path: Path) -> None:
+    """Spring takes any Duration it can hold (a huge one: the gauge is computed on scrape only)."""
+    topic, group, gate = kafka.create(names("in"), partitions=1), names("g"), tmp_path / "gate"
+    app = start_stream_app("gated-sink", topic, {}, f"--sink.file={tmp_path / 'out'}", f"--sink.gate={gate}",
+                           "--spring.cloud.stream.kafka.binder.metrics.offsetLagMetricsInterval=1000000d", group=group)
+    app.wait_for_log("Partitions assigned: .*-")
+    for n in range(5):
+        kafka.produce(topic, [f"r{n}".encode()])  # one a batch: Tansu's end offsets are exact
+    wait_for(lambda: app.metric(GAUGE, topic=topic) == 5, 20, "the scrape to compute the backlog")
+    assert "Traceback" not in app.log
+    gate.touch()
+    assert app.stop() == 0
+
+
+def test_a_destination_named_twice_gives_one_lag_series(start_stream_app: Callable[..., App], kafka: Kafka,
+                                                        names: Callable[[str], str], tmp_path: Path,
+                                                        client: str) -> None:
+    """``destination=t,t`` (kafka-python subscribes to it; librdkafka refuses the subscription, a separate matter):
+    Spring keys the gauges by topic (``getTopicsInUse()`` is a map), one series per group and topic."""
+    if client == "librdkafka":
+        pytest.skip("librdkafka refuses a subscription naming a topic twice (before the gauge exists)")
+    topic, group = kafka.create(names("in"), partitions=1), names("g")
+    app = start_stream_app("sink", f"{topic}, {topic}", {}, f"--sink.file={tmp_path / 'out'}", group=group)
+    app.wait_for_log("Partitions assigned: .*-")
+    series = [sample.labels for sample in app.samples(GAUGE)]
+    assert len(series) == 1, series
+    assert app.stop() == 0
+
+
+@pytest.mark.one_client
+@pytest.mark.parametrize("digits", [20, 5000])
+def test_an_interval_past_a_java_duration_is_a_one_line_configuration_error(
+        start_stream_app: Callable[..., App], names: Callable[[str], str], tmp_path: Path, digits: int) -> None:
+    """Spring binds the interval to a java.time.Duration: a number past a long fails the binding at start, naming
+    the property."""
+    app = start_stream_app("sink", names("in"), {}, f"--sink.file={tmp_path / 'out'}",
+                           f"--spring.cloud.stream.kafka.binder.metrics.offsetLagMetricsInterval={'9' * digits}s")
+    assert app.wait(15) == 1
+    assert "Traceback" not in app.log
+    assert "Configuration error: " in app.log
+    assert "offsetLagMetricsInterval" in app.log

@@ -41,9 +41,11 @@ PROPERTIES = (ON_SCRAPE, INTERVAL)
 FIRST_DELAY = 1.0  # s after the start: the first computation
 SCRAPE_WAIT = 0.5  # s a scrape waits for a computation (Spring's 5 s would hold the probes up as long)
 _UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIMPLE = re.compile(r"^([+-]?\d+)([a-zA-Z]{0,2})$")
-_ISO = re.compile(r"^([+-]?)P(?:([-+]?\d+)D)?(?:T(?:([-+]?\d+)H)?(?:([-+]?\d+)M)?(?:([-+]?\d+)(?:[.,](\d{0,9}))?S)?)?$",
-                  re.IGNORECASE)
+_SIMPLE = re.compile(r"^([+-]?[0-9]{1,19})([a-zA-Z]{0,2})$")
+_ISO = re.compile(r"^([+-]?)P(?:([-+]?[0-9]{1,19})D)?(?:T(?:([-+]?[0-9]{1,19})H)?(?:([-+]?[0-9]{1,19})M)?"
+                  r"(?:([-+]?[0-9]{1,19})(?:[.,]([0-9]{0,9}))?S)?)?$", re.IGNORECASE)
+MAX_SECONDS = 2**63 - 1  # a Java Duration's seconds are a long
+LONGEST_WAIT = 3600.0  # s the thread waits at a time (a huge interval: computed on scrape only, in effect)
 
 
 class Offsets(Protocol):
@@ -61,18 +63,22 @@ class Offsets(Protocol):
 
 
 def duration_seconds(text: str, name: str) -> float:
-    """A Spring Boot Duration (``60s``, ``500ms``, ``PT1M``; a bare number is milliseconds) in seconds."""
+    """A Spring Boot Duration (``60s``, ``500ms``, ``PT1M``; a bare number is milliseconds) in seconds; one past
+    a Java Duration's range is a configuration error, as in Spring."""
     value = text.strip()
+    total: float | None = None
     if simple := _SIMPLE.match(value):
         unit = simple[2].lower() or "ms"
         if unit in _UNITS:
-            return int(simple[1]) * _UNITS[unit]
+            total = int(simple[1]) * _UNITS[unit]
     elif (iso := _ISO.match(value)) and value[-1:].upper() != "T" and len(value.lstrip("+-")) > 1:
         sign, days, hours, minutes, seconds, fraction = iso.groups()
         total = sum(int(part or 0) * unit for part, unit in ((days, 86400), (hours, 3600), (minutes, 60), (seconds, 1)))
         if fraction:
             total += (-1 if (seconds or "").startswith("-") else 1) * int(fraction) / 10 ** len(fraction)
-        return -total if sign == "-" else total
+        total = -total if sign == "-" else total
+    if total is not None and abs(total) <= MAX_SECONDS:
+        return total
     raise ConfigError(f"Invalid value {value[:100]!r} for property '{name}': expected a duration such as 60s, "
                       "500ms or PT1M")
 
@@ -100,7 +106,7 @@ class OffsetLag:
 
     def __init__(self, group: str, topics: Sequence[str], opener: Callable[[], Offsets], every: float,
                  on_scrape: bool) -> None:
-        self.group, self.topics, self.every, self.on_scrape = group, tuple(topics), every, on_scrape
+        self.group, self.topics, self.every, self.on_scrape = group, tuple(dict.fromkeys(topics)), every, on_scrape
         self.values = dict.fromkeys(self.topics, 0)
         self._open = opener
         self._cond = threading.Condition()
@@ -159,7 +165,7 @@ class OffsetLag:
             while True:
                 with self._cond:
                     while not (self._stopping or self._wanted) and (left := due - time.monotonic()) > 0:
-                        self._cond.wait(left)
+                        self._cond.wait(min(left, LONGEST_WAIT))
                     if self._stopping:
                         return
                     self._wanted, self._since = False, time.monotonic()
