@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -44,6 +42,7 @@ from .datasource import PROPERTIES as DATASOURCE_PROPERTIES
 from .datasource import Datasource, datasource
 from .task_metrics import PROPERTIES as METRICS_PROPERTIES
 from .task_metrics import TaskMetrics
+from .task_signals import Signals, TaskTerminatedError
 from .task_text import FORMS, MESSAGE_SIZE, Fit, fitter, stack_trace
 
 log = logging.getLogger(__name__)
@@ -74,17 +73,6 @@ _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,49}")
 # What a table prefix renames in the DDL: tables, the sequence and constraint names (never columns).
 _PREFIXED = re.compile(r"\bTASK_(EXECUTION_PARAMS|EXECUTION|TASK_BATCH|SEQ|LOCK|EXEC_PARAMS_FK|EXEC_BATCH_FK)\b")
 _SECRET_KEY = re.compile(r"password|secret|credential|token|jaas", re.I)
-
-
-class TaskTerminatedError(BaseException):
-    """SIGTERM or SIGINT arrived while the task body ran.
-
-    A BaseException, so that no ``except Exception`` in the body or a library swallows it.
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"Task terminated by {signal.Signals(signum).name}")
-        self.exit_code = 128 + signum
 
 
 @dataclass(frozen=True)
@@ -229,7 +217,7 @@ T = TypeVar("T")
 def run_task(body: Body, options: Mapping[str, Property]) -> None:
     """Record the run around ``body(execution, **options)`` and exit 0, 1 (exception) or 128+signal."""
     logs.start_logging()
-    signals = _Signals()
+    signals = Signals()
     try:
         properties, values = logs.read_properties(options)
         source = datasource(properties)
@@ -273,7 +261,7 @@ def run_task(body: Body, options: Mapping[str, Property]) -> None:
 
 
 def _outcome(body: Body, execution: TaskExecution, values: dict[str, Any],
-             signals: _Signals) -> tuple[int, str | None, str | None]:
+             signals: Signals) -> tuple[int, str | None, str | None]:
     """Run the body; its exit code, exit message and error message."""
     try:
         with signals.armed():
@@ -346,35 +334,6 @@ def _transient(error: Exception) -> bool:
     if isinstance(error, (OperationalError, InterfaceError, InternalError)):
         return True
     return isinstance(error, DBAPIError) and error.connection_invalidated
-
-
-class _Signals:
-    """SIGTERM/SIGINT end the body with TaskTerminatedError; outside it they wait their turn, never kill."""
-
-    def __init__(self) -> None:
-        self.pending: int | None = None
-        self.terminated: int | None = None  # the signal that ended the body, even if the body caught it
-        self.live = False
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.live:
-            self.live = False
-            self.terminated = signum
-            raise TaskTerminatedError(signum)
-        self.pending = self.pending or signum
-
-    @contextmanager
-    def armed(self) -> Iterator[None]:
-        if self.pending:
-            self.terminated = self.pending
-            raise TaskTerminatedError(self.pending)
-        self.live = True
-        try:
-            yield
-        finally:
-            self.live = False
 
 
 def _reason(error: Exception) -> str:
