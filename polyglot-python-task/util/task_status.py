@@ -243,7 +243,7 @@ def run_task(body: Body, options: Mapping[str, Property]) -> None:
     metrics.start(execution.id, name, launch[3], launch[2])
     exit_code, exit_message, error_text = task_lock.guarded(  # the lock of single-instance-enabled, if on
         single_instance, source, repository.prefix, name, execution.id, end_retry,
-        lambda: _outcome(metrics.watch(body), execution, values, signals))
+        lambda: _outcome(metrics.watch(body), execution, values, signals), signals.waiting)
     metrics.end(exit_code)
     try:
         _recording(lambda fit: repository.finish(execution.id, exit_code, exit_message, error_text, fit), end_retry,
