@@ -63,9 +63,11 @@ _UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, 
 
 
 def label_name(key: str) -> str:
-    """A tag key as Micrometer's Prometheus naming convention writes it (``task.name``: ``task_name``)."""
+    """A tag key as Micrometer's PrometheusNamingConvention.tagKey writes it (``task.name``: ``task_name``): a
+    name not starting with a letter gets ``m_`` before it (``_team``: ``m__team``, ``__x``, a name Prometheus
+    reserves: ``m___x``)."""
     name = _NOT_LABEL.sub("_", key)
-    return f"m_{name}" if name[:1].isdigit() else name
+    return name if name[:1].isascii() and name[:1].isalpha() else f"m_{name}"
 
 
 def parse_duration(text: str, name: str) -> float:
