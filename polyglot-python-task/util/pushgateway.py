@@ -2,9 +2,10 @@
 
 A POST (``pushadd``) at the push rate from a daemon thread, then, when the process ends, the shutdown operation:
 POST (Boot 2's PUSH), PUT, DELETE or NONE. A Pushgateway that is down, slow or answers an error never changes
-the task's outcome: each push gives up after ``TIMEOUT`` seconds in all (one still running is abandoned in its
-daemon thread), and the first failure is one WARN line (the URL without credentials, the reason); later ones are
-logged at DEBUG. A redirect is a failed push: no request, and no credential, goes to a host the answer names.
+the task's outcome: each push gives up after ``TIMEOUT`` (and ``GRACE``) seconds in all (one still running is
+abandoned in its daemon thread), and the first failure is one WARN line (the URL without credentials, the
+reason); later ones are logged at DEBUG. A redirect is a failed push: no request, and no credential, goes to a
+host the answer names.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from prometheus_client.registry import Collector
 log = logging.getLogger(__name__)
 
 TIMEOUT = 5.0  # seconds a push may take (Boot's client waits 10 s to connect and 10 s to read)
+GRACE = 1.0  # seconds a push may run beyond its socket timeout, so that timeout reports it first
 OPERATIONS = ("NONE", "POST", "PUSH", "PUT", "DELETE")  # PUSH: Boot 2's name for POST
 
 
@@ -118,16 +120,16 @@ class Pusher:
 
     def close(self) -> None:
         """Stop the periodic pushes, then the shutdown operation: it waits for a push in flight, all within one
-        timeout, so the process ends at most ``timeout`` seconds later; no push thread ever holds it."""
+        timeout, so the process ends at most ``timeout`` (and ``GRACE``) seconds later; no push thread ever holds it."""
         self._stop.set()
         if self.shutdown != "NONE":
             self.send(self.shutdown)
 
     def send(self, method: str, periodic: bool = False) -> bool:
-        """One POST, PUT or DELETE of the group, within ``timeout`` seconds in all; False (logged) when it failed
-        or ran out of time (then abandoned in its daemon thread). A periodic push that finds the pushes stopped is
-        dropped, so none follows the shutdown operation."""
-        deadline = time.monotonic() + self.timeout
+        """One POST, PUT or DELETE of the group, within ``timeout`` (and ``GRACE``) seconds in all; False (logged)
+        when it failed or ran out of time (then abandoned in its daemon thread). A periodic push that finds the
+        pushes stopped is dropped, so none follows the shutdown operation."""
+        deadline = time.monotonic() + self.timeout + GRACE
         if not self._lock.acquire(timeout=self.timeout):
             return self._failed(method, "a previous push still runs")
         if periodic and self._stop.is_set():
@@ -138,7 +140,7 @@ class Pusher:
         request.start()  # it releases the lock when it ends, even after it was abandoned
         request.join(max(0.0, deadline - time.monotonic()))
         if not outcome:
-            return self._failed(method, f"no complete answer within {self.timeout:g} s (abandoned)")
+            return self._failed(method, f"no complete answer within {self.timeout + GRACE:g} s (abandoned)")
         if outcome[0] is not None:
             return self._failed(method, outcome[0])
         log.debug("%s of the metrics to %s", method, self.gateway.where)
