@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -29,14 +28,13 @@ from sqlalchemy import (
     Table,
     create_engine,
     func,
-    inspect,
     select,
     text,
 )
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, InternalError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from . import logs, task_lock
+from . import logs, task_lock, task_schema
 from .arguments import CONFIG_PROPERTIES, ConfigError, Property
 from .datasource import PROPERTIES as DATASOURCE_PROPERTIES
 from .datasource import Datasource, datasource
@@ -70,8 +68,6 @@ DATABASE_ERRORS = (SQLAlchemyError, UnicodeError)
 # 3988 conversion from the connection's collation impossible.
 _MYSQL_REFUSALS = frozenset({1300, 1366, 3988})
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,49}")
-# What a table prefix renames in the DDL: tables, the sequence and constraint names (never columns).
-_PREFIXED = re.compile(r"\bTASK_(EXECUTION_PARAMS|EXECUTION|TASK_BATCH|SEQ|LOCK|EXEC_PARAMS_FK|EXEC_BATCH_FK)\b")
 _SECRET_KEY = re.compile(r"password|secret|credential|token|jaas", re.I)
 
 
@@ -105,21 +101,15 @@ class TaskRepository:
             Column("parent_execution_id", BigInteger))
         self.params = Table(fold(f"{prefix}EXECUTION_PARAMS"), metadata,
                             Column("task_execution_id", BigInteger), Column("task_param", String(MESSAGE_SIZE)))
-        self.sequence = fold(f"{prefix}SEQ")
+        self.sequence, self.lock = fold(f"{prefix}SEQ"), fold(f"{prefix}LOCK")
 
     def initialize(self) -> None:
-        """Create the tables from the dialect's Spring Cloud Task DDL when the execution table is missing."""
-        with self.engine.begin() as connection:
-            if inspect(connection).has_table(self.execution.name):
-                return
-            ddl = resources.files(__package__).joinpath("schema", f"schema-{self._schema()}.sql").read_text()
-            for statement in (s.strip() for s in ddl.split(";")):
-                if statement:
-                    statement = _PREFIXED.sub(lambda m: self.prefix + m.group(1), statement)
-                    if self.prefix != "TASK_":  # PostgreSQL names the key's index after it: keep it unique
-                        statement = re.sub(r"\bLOCK_PK\b", f"{self.prefix}LOCK_PK", statement)
-                    connection.execute(text(statement))
-        log.info("Created the task tables with prefix %s in the %s", self.prefix, self.source.where)
+        """Create the tables from the dialect's Spring Cloud Task DDL when one is missing, as Spring does: a table
+        a launch racing this one created meanwhile is passed over (``task_schema``)."""
+        if task_schema.complete(self.engine, [self.execution.name, self.lock], self.sequence):
+            return
+        if task_schema.create(self.engine, self._schema(), self.prefix):
+            log.info("Created the task tables with prefix %s in the %s", self.prefix, self.source.where)
 
     def _schema(self) -> str:
         if self.source.dialect != "mysql":
