@@ -99,7 +99,9 @@ def settings(properties: Properties) -> LockSettings | None:
 
 def lock_key(name: str) -> str:
     """``LOCK_KEY`` of a task name: the name itself when it is a UUID, else Java's ``UUID.nameUUIDFromBytes`` of
-    its UTF-8 bytes (MD5, version 3), as Spring Integration's ``UUIDConverter`` makes it."""
+    its UTF-8 bytes (MD5, version 3), as Spring Integration's ``UUIDConverter`` makes it. A UUID is the strict
+    8-4-4-4-12 form its ``UUID_REGEX`` matches (Spring Integration 6.2 and later; 5.x to 6.1 tried Java's lenient
+    ``UUID.fromString``, which also reads shorter groups such as ``dead-beef-cafe-face-fade``)."""
     if _UUID.fullmatch(name):
         return str(uuid.UUID(name))
     return str(uuid.UUID(bytes=hashlib.md5(name.encode("utf-8", "replace"), usedforsecurity=False).digest(),
@@ -240,8 +242,8 @@ class TaskLock:
         try:
             while True:
                 try:
-                    self._delete()
-                    log.info("Released the single-instance lock of task %s", self.name)
+                    if self._delete():
+                        log.info("Released the single-instance lock of task %s", self.name)
                     return
                 except DATABASE_ERRORS as error:
                     remaining = deadline - time.monotonic()
@@ -257,11 +259,12 @@ class TaskLock:
         finally:
             self.close()
 
-    def _delete(self) -> None:
+    def _delete(self) -> bool:
+        """Delete our row; False when there was none (never taken, or taken over once expired)."""
         row = self.table.c
         with self.engine.begin() as connection:
-            connection.execute(delete(self.table).where(
-                and_(row.region == REGION, row.lock_key == self.key, row.client_id == self.client)))
+            return bool(connection.execute(delete(self.table).where(
+                and_(row.region == REGION, row.lock_key == self.key, row.client_id == self.client))).rowcount)
 
     def close(self) -> None:
         self._stop.set()
