@@ -168,7 +168,8 @@ def test_a_killed_holders_lock_is_taken_once_it_expired(target: Target, start_ap
 
 def test_a_database_error_while_locking_is_one_clear_line(target: Target, start_app: StartApp) -> None:
     launch(start_app, target, "--sleep.seconds=0").wait(60)  # SQLite: the tables exist from now on
-    target.query(f"DROP TABLE {target.lock_table}")
+    target.query(f"DROP TABLE {target.lock_table}")  # a table of another shape (a missing one is created)
+    target.query(f"CREATE TABLE {target.lock_table} (LOCK_KEY CHAR(36))")
     app = launch(start_app, target, "--sleep.seconds=0")
     assert app.wait(60) == 1
     errors = [line for line in app.log.splitlines() if " ERROR " in line]
@@ -266,7 +267,7 @@ def test_a_second_sigterm_cuts_short_a_release_waiting_for_another_transaction(
     db = new_task_db(postgresql)
     target = db_target(db)
     app = launch(start_app, target, "--sleep.seconds=600", "--task.end.retry-seconds=600")
-    app.wait_for_log(HOLDS)
+    app.wait_for_log("started, execution id 1")
     with closing(pg_session(db)) as blocker:
         blocker.execute(f"SELECT * FROM {target.lock_table} FOR UPDATE")
         app.process.send_signal(signal.SIGTERM)
