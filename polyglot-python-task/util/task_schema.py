@@ -1,14 +1,18 @@
-"""Spring Cloud Task's DDL, run as its TaskRepositoryInitializer runs it: each statement on its own, continuing on
-an object that is already there (launches racing to create the tables on a fresh database all go on)."""
+"""Spring Cloud Task's DDL, run as its TaskRepositoryInitializer runs it: statement by statement, continuing on.
+
+A statement whose table, sequence or row is already there is passed over, so launches racing to create the tables
+of a fresh database all go on (and the lock then refuses all but one).
+"""
 
 from __future__ import annotations
 
 import re
-from importlib import resources
+from pathlib import Path
 
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+SCHEMAS = Path(__file__).parent / "schema"  # Spring Cloud Task's DDL of each database
 # What a table prefix renames in the DDL: tables, the sequence and constraint names (never columns).
 _PREFIXED = re.compile(r"\bTASK_(EXECUTION_PARAMS|EXECUTION|TASK_BATCH|SEQ|LOCK|EXEC_PARAMS_FK|EXEC_BATCH_FK)\b")
 # Another launch created it first: MariaDB/MySQL table (or sequence) exists, duplicate key name, duplicate entry;
@@ -18,7 +22,7 @@ _ALREADY_THERE = frozenset({1050, 1061, 1062, "42P07", "42710", "23505"})
 
 def statements(schema: str, prefix: str) -> list[str]:
     """The statements of ``schema-<schema>.sql`` (sqlite, postgresql, mysql, mariadb) under ``prefix``."""
-    ddl = resources.files(__package__).joinpath("schema", f"schema-{schema}.sql").read_text()
+    ddl = (SCHEMAS / f"schema-{schema}.sql").read_text()
     found = []
     for statement in (s.strip() for s in ddl.split(";")):
         if statement:
