@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -345,3 +345,35 @@ def test_a_database_gone_for_good_while_the_lock_is_held(
     assert "stays until it expires" in app.log
     [error] = [line for line in app.log.splitlines() if " ERROR " in line]
     assert "Cannot record the end of execution 1" in error
+
+
+@pytest.mark.parametrize("kind", ["mariadb", "postgresql"])
+def test_the_lock_on_data_flow_2_11s_lock_table_without_expired_after(
+        kind: str, request: pytest.FixtureRequest, start_app: StartApp) -> None:
+    """Data Flow 2.11 creates TASK_LOCK and BOOT3_TASK_LOCK as Spring Integration 5.5-6.x had them, without
+    EXPIRED_AFTER: CREATED_DATE is renewed, a row older than the ttl (milliseconds there) is expired."""
+    db = new_task_db(request.getfixturevalue(kind), prefix="BOOT3_TASK_")
+    target = db_target(db)
+    target.query(f"ALTER TABLE {target.lock_table} DROP COLUMN EXPIRED_AFTER")
+
+    def rows() -> list[tuple[str, datetime]]:
+        return [(client.strip(), _time(created)) for client, created in
+                target.query(f"SELECT CLIENT_ID, CREATED_DATE FROM {target.lock_table}")]
+
+    holder = launch(start_app, target, "--sleep.seconds=600", ttl=60000)
+    holder.wait_for_log(HOLDS)
+    [(client, created)] = rows()
+    assert client == "1"
+    wait_for(lambda: rows()[0][1] > created, 10, "the renewal of CREATED_DATE")
+    refused = launch(start_app, target, "--sleep.seconds=0", ttl=60000)
+    assert refused.wait(60) == 1, refused.log
+    assert REFUSED in refused.log
+    assert holder.stop(signal.SIGTERM, timeout=30) == 143
+    assert rows() == []
+    # A killed holder's row, CREATED_DATE two minutes ago: expired for a ttl of one minute.
+    target.query(f"INSERT INTO {target.lock_table} (LOCK_KEY, REGION, CLIENT_ID, CREATED_DATE) VALUES "
+                 f"('{PYTHON_TASK_KEY}', 'DEFAULT', '99', '{utc_now() - timedelta(minutes=2):%Y-%m-%d %H:%M:%S}')")
+    taker = launch(start_app, target, "--sleep.seconds=0", ttl=60000)
+    assert taker.wait(60) == 0, taker.log
+    assert HOLDS in taker.log
+    assert rows() == []

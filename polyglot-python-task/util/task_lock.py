@@ -7,6 +7,11 @@ As Spring Cloud Task 5's ``SingleInstanceTaskListener`` takes it through Spring 
 attempts every 100 ms for 500 ms, the outcome seen at the next ``single-instance-lock-check-interval``; held,
 it is renewed every 500 ms (the leader initiator's heartbeat), so only a holder that died loses it, once it
 expired; released (its row deleted) before the end is recorded, whatever the end.
+
+On a lock table without ``EXPIRED_AFTER`` (Data Flow 2.11's ``TASK_LOCK`` and ``BOOT3_TASK_LOCK``), as the Spring
+Cloud Task 2.x and 3.x apps Data Flow 2.11 launches take it through Spring Integration 5.5 to 6.x: taking or
+renewing writes ``CREATED_DATE``, a row whose ``CREATED_DATE`` is older than the ttl is expired, and the ttl is in
+milliseconds, as they pass it to ``setTimeToLive(int)``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    inspect,
     or_,
     update,
 )
@@ -155,12 +161,16 @@ class TaskLock:
                            Column("created_date", DateTime), Column("expired_after", DateTime))
         self.name, self.key, self.client = name, lock_key(name), str(execution_id)
         self.settings = lock_settings
+        self.legacy = False  # a table without EXPIRED_AFTER: Spring Integration 5.5 to 6.x's protocol
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
     def acquire(self, pending: Pending) -> int | None:
         """Take the lock as Spring's listener does, or raise TaskAlreadyRunningError (or a database error); the
         signal that arrived meanwhile, if any (the lock may then be held: release it)."""
+        with self.engine.connect() as connection:  # Data Flow 2.11's table has no EXPIRED_AFTER
+            columns = {column["name"].lower() for column in inspect(connection).get_columns(self.table.name)}
+        self.legacy = "expired_after" not in columns
         started, acquired = time.monotonic(), False
         deadline = started + ATTEMPTS_FOR
         while True:
@@ -188,31 +198,36 @@ class TaskLock:
         """One attempt: renew our row or take an expired one, else insert it; False when another holds it."""
         row = self.table.c
         now = _utc_now()
+        expired = row.created_date < now - self.settings.ttl / 1000 if self.legacy else row.expired_after < now
         with self.engine.begin() as connection:
             taken = connection.execute(
                 update(self.table)
-                .where(row.region == REGION, row.lock_key == self.key,
-                       or_(row.client_id == self.client, row.expired_after < now))
-                .values(client_id=self.client, expired_after=now + self.settings.ttl)).rowcount
+                .where(row.region == REGION, row.lock_key == self.key, or_(row.client_id == self.client, expired))
+                .values(client_id=self.client, **self._stamp(now))).rowcount
         if taken:
             return True
         now = _utc_now()
         try:
             with self.engine.begin() as connection:
-                connection.execute(self.table.insert().values(region=REGION, lock_key=self.key, client_id=self.client,
-                                                              created_date=now, expired_after=now + self.settings.ttl))
+                connection.execute(self.table.insert().values(
+                    {"region": REGION, "lock_key": self.key, "client_id": self.client, "created_date": now,
+                     **self._stamp(now)}))
         except IntegrityError:
             return False
         return True
 
+    def _stamp(self, now: datetime) -> dict[str, datetime]:
+        """What taking or renewing the lock writes: EXPIRED_AFTER, or on a legacy table CREATED_DATE."""
+        return {"created_date": now} if self.legacy else {"expired_after": now + self.settings.ttl}
+
     def _extend(self) -> bool:
-        """Push our row's EXPIRED_AFTER on; False when it is no longer ours. Never inserts: a renewal that
-        outlives the release cannot bring the row back."""
+        """Push our row's expiry on; False when it is no longer ours. Never inserts: a renewal that outlives the
+        release cannot bring the row back."""
         row = self.table.c
         with self.engine.begin() as connection:
             return bool(connection.execute(
                 update(self.table).where(row.region == REGION, row.lock_key == self.key, row.client_id == self.client)
-                .values(expired_after=_utc_now() + self.settings.ttl)).rowcount)
+                .values(**self._stamp(_utc_now()))).rowcount)
 
     def _renew(self) -> None:
         """The heartbeat: every 500 ms, push EXPIRED_AFTER on; a failure is logged once, then retried."""
