@@ -15,6 +15,7 @@ from conftest import ROOT, TASK_SCRIPT, TaskDatabase, new_task_db
 from devkit.apps import App
 from devkit.databases import MariaDB, PostgreSQL
 from devkit.tansu import free_port
+from util import task_schema
 from util.arguments import ConfigError
 from util.datasource import from_jdbc
 from util.task_status import TaskRepository, sanitize
@@ -185,6 +186,49 @@ def test_initialize_creates_missing_tables(task_db: Callable[..., TaskDatabase],
     app = launch(start_app, db, QUICK, "--spring.cloud.task.initialize-enabled=true")
     assert app.wait(60) == 0, app.log
     assert [r["EXIT_CODE"] for r in db.rows().values()] == [0]
+
+
+SINGLE = ("--sleep.seconds=3", "--spring.cloud.task.name=python-task",
+          "--spring.cloud.task.single-instance-enabled=true")
+HOLDS, REFUSED = "holds the single-instance lock", 'Task with name "python-task" is already running.'
+
+
+def test_launches_racing_to_create_the_tables_on_an_empty_database_are_refused_not_failed(
+        task_db: Callable[..., TaskDatabase], start_app: StartApp) -> None:
+    """As Spring's TaskRepositoryInitializer (continueOnError): a table another launch created first is passed
+    over, so each launch but the lock's holder is refused, its row recorded."""
+    db = task_db(tables=False)
+    apps = [launch(start_app, db, *SINGLE) for _ in range(8)]
+    assert sorted(app.wait(120) for app in apps) == [0, *[1] * 7], [app.log[-400:] for app in apps]
+    assert (sum(HOLDS in app.log for app in apps), sum(REFUSED in app.log for app in apps)) == (1, 7)
+    assert sorted(row["EXIT_CODE"] for row in db.rows().values()) == [0, *[1] * 7]
+
+
+def test_launches_racing_to_create_the_tables_of_a_new_sqlite_file_are_refused_not_failed(
+        tmp_path: Path, start_app: StartApp) -> None:
+    for round_ in range(3):
+        url = f"--spring.datasource.url=jdbc:sqlite:{tmp_path / f'race{round_}.db'}"
+        apps = [start_app(TASK_SCRIPT, [url, *SINGLE]) for _ in range(10)]
+        assert sorted(app.wait(120) for app in apps) == [0, *[1] * 9], [app.log[-400:] for app in apps]
+        assert sum(REFUSED in app.log for app in apps) == 9
+
+
+@pytest.mark.parametrize(("kind", "schema"), [("mariadb", "mariadb"), ("mariadb", "mysql"),
+                                              ("postgresql", "postgresql")])
+def test_the_tables_are_complete_once_the_last_is_there_and_creating_them_again_passes_over_each(
+        kind: str, schema: str, request: pytest.FixtureRequest) -> None:
+    server = request.getfixturevalue(kind)
+    db = new_task_db(server, prefix="BOOT3_TASK_", schema=schema)  # mysql: TASK_SEQ a table, not a sequence
+    repository = TaskRepository(from_jdbc(db.url, db.user, db.password), db.prefix)
+    fold = str.lower if isinstance(server, PostgreSQL) else str
+    tables = [fold(f"{db.prefix}{name}") for name in ("EXECUTION", "LOCK")]
+    assert task_schema.complete(repository.engine, tables, repository.sequence)
+    assert task_schema.create(repository.engine, schema, db.prefix) == 0
+    db.server.admin(f"DROP TABLE {db.table('LOCK')}", database=db.name)
+    assert not task_schema.complete(repository.engine, tables, repository.sequence)
+    assert task_schema.create(repository.engine, schema, db.prefix) == 1
+    assert task_schema.complete(repository.engine, tables, repository.sequence)
+    repository.engine.dispose()
 
 
 def test_embedded_sqlite_default(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,8 +21,8 @@ from devkit.pushgateway import Pushgateway
 from devkit.tansu import free_port
 from devkit.waiting import wait_for
 from util.arguments import ConfigError, Properties
-from util.pushgateway import TIMEOUT, Gateway
-from util.task_metrics import TaskMetrics, parse_duration
+from util.pushgateway import GRACE, TIMEOUT, Gateway
+from util.task_metrics import TaskMetrics, label_name, parse_duration
 
 StartApp = Callable[..., App]
 PG = "--management.prometheus.metrics.export.pushgateway"
@@ -185,6 +186,126 @@ def silent_port() -> Iterator[int]:
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
         yield listener.getsockname()[1]
+
+
+# A raw HTTP server's part: the connection (its request already read) and the event that ends the test's servers.
+Respond = Callable[[socket.socket, threading.Event], None]
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[[Respond, list[bytes]], int]]:
+    """Loopback HTTP servers that answer byte by byte: ``start(respond, requests)`` is the port of one that keeps
+    each request it reads in ``requests``; every server and its threads end with the test."""
+    stop = threading.Event()
+    listeners: list[socket.socket] = []
+    threads: list[threading.Thread] = []
+
+    def handle(connection: socket.socket, respond: Respond, requests: list[bytes]) -> None:
+        with connection:
+            connection.settimeout(5)
+            try:
+                requests.append(connection.recv(65536))
+                respond(connection, stop)
+            except OSError:  # the task closed the connection
+                pass
+
+    def serve(listener: socket.socket, respond: Respond, requests: list[bytes]) -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # the accept timeout, or the listener closed
+                continue
+            thread = threading.Thread(target=handle, args=(connection, respond, requests), daemon=True)
+            threads.append(thread)
+            thread.start()
+
+    def start(respond: Respond, requests: list[bytes]) -> int:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.settimeout(0.2)
+        listeners.append(listener)
+        threads.append(threading.Thread(target=serve, args=(listener, respond, requests), daemon=True))
+        threads[-1].start()
+        return listener.getsockname()[1]
+
+    yield start
+    stop.set()
+    for listener in listeners:
+        listener.close()
+    for thread in threads:
+        thread.join(10)
+
+
+def test_a_redirect_is_a_failed_push_and_no_credential_follows_it(
+        start_app: StartApp, tmp_path: Path, raw_server: Callable[[Respond, list[bytes]], int]) -> None:
+    """A Pushgateway URL that answers 302 to another host: urllib would follow it with the Authorization header."""
+    elsewhere: list[bytes] = []
+    other = raw_server(lambda c, _: c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), elsewhere)
+    redirect = (f"HTTP/1.1 302 Found\r\nLocation: http://localhost:{other}/steal\r\nContent-Length: 0\r\n"
+                "Connection: close\r\n\r\n").encode()
+    pushes: list[bytes] = []
+    port = raw_server(lambda c, _: c.sendall(redirect), pushes)
+    app = sqlite_task(start_app, tmp_path, "--sleep.seconds=0", *pushing(
+        f"http://127.0.0.1:{port}", f"{PG}.token=s3cr3t-token", f"{PG}.shutdown-operation=PUT"))
+    assert app.wait(60) == 0, app.log
+    assert [request.split(b" ", 1)[0] for request in pushes] == [b"PUT"]
+    assert elsewhere == []
+    [warning] = [line for line in app.log.splitlines() if " WARN " in line]
+    assert "PUT of the task's metrics" in warning
+    assert "HTTP 302 Found" in warning
+    assert "s3cr3t" not in app.log
+
+
+def test_a_pushgateway_that_trickles_its_answer_delays_the_end_by_one_timeout_at_most(
+        start_app: StartApp, tmp_path: Path, raw_server: Callable[[Respond, list[bytes]], int]) -> None:
+    """A byte a second: no read ever times out, yet the push is abandoned after TIMEOUT (and GRACE) seconds."""
+    def trickle(connection: socket.socket, stop: threading.Event) -> None:
+        connection.sendall(b"HTTP/1.1 200 OK\r\n")
+        while not stop.wait(1):
+            connection.sendall(b"X")
+
+    port = raw_server(trickle, [])
+    app = sqlite_task(start_app, tmp_path, "--sleep.seconds=0", *pushing(
+        f"http://127.0.0.1:{port}", f"{PG}.shutdown-operation=PUT", f"{PG}.push-rate=1h"))
+    app.wait_for_log("Execution 1 of application completed")
+    ended = time.monotonic()
+    assert app.wait(60) == 0, app.log
+    assert time.monotonic() - ended < TIMEOUT + GRACE + 3
+    assert f"PUT of the task's metrics to the Prometheus Pushgateway at http://127.0.0.1:{port}" in app.log
+    assert "(abandoned)" in app.log
+
+
+def test_a_malformed_base_url_is_a_configuration_error_without_its_credentials(
+        start_app: StartApp, tmp_path: Path) -> None:
+    app = sqlite_task(start_app, tmp_path, "--sleep.seconds=0", f"{PG}.enabled=true",
+                      f"{PG}.base-url=http://user:s3cret@[::1")  # a typo'd IPv6 address
+    assert app.wait(60) == 1
+    assert f"Configuration error: Invalid value for property '{PG[2:]}.base-url': Invalid IPv6 URL" in app.log
+    assert "Traceback" not in app.log
+    assert "s3cret" not in app.log
+    for url in ("http://pg:99999", "ftp://pg", "http://", "http://pg:port"):
+        with pytest.raises(ConfigError, match=rf"'{PG[2:]}\.base-url'"):
+            TaskMetrics.configure(Properties([f"{PG}.enabled=true", f"{PG}.base-url={url}"], {}))
+    with pytest.raises(ConfigError, match=rf"'{PG[2:]}\.address'"):
+        TaskMetrics.configure(Properties([f"{PG}.enabled=true", f"{PG}.address=pg:x"], {}))
+
+
+def test_tag_keys_not_starting_with_a_letter_are_named_as_micrometer_names_them(
+        start_app: StartApp, tmp_path: Path, gateway: tuple[Pushgateway, Prometheus]) -> None:
+    """PrometheusNamingConvention.tagKey puts m_ before a name not starting with a letter: ``__reserved``, a name
+    Prometheus reserves, would make the Pushgateway refuse every push."""
+    assert [label_name(key) for key in ("task.name", "_team", "__reserved", "1st", "é")] == [
+        "task_name", "m__team", "m___reserved", "m_1st", "m__"]
+    pushgateway, _ = gateway
+    name = unique("tags")
+    app = sqlite_task(start_app, tmp_path, "--sleep.seconds=0", f"--spring.cloud.task.name={name}",
+                      *pushing(pushgateway.url, f"{PG}.shutdown-operation=PUT"),
+                      "--management.metrics.tags.__reserved=x", "--management.metrics.tags._team=y")
+    assert app.wait(60) == 0
+    assert " WARN " not in app.log, app.log
+    [sample] = [s for s in pushgateway.samples("spring_cloud_task_seconds_count") if s.labels["task_name"] == name]
+    assert (sample.labels["m___reserved"], sample.labels["m__team"]) == ("x", "y"), sample.labels
 
 
 @pytest.mark.parametrize("where", ["down", "error"])

@@ -63,9 +63,11 @@ _UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, 
 
 
 def label_name(key: str) -> str:
-    """A tag key as Micrometer's Prometheus naming convention writes it (``task.name``: ``task_name``)."""
+    """A tag key as Micrometer's PrometheusNamingConvention.tagKey writes it (``task.name``: ``task_name``): a
+    name not starting with a letter gets ``m_`` before it (``_team``: ``m__team``, ``__x``, a name Prometheus
+    reserves: ``m___x``)."""
     name = _NOT_LABEL.sub("_", key)
-    return f"m_{name}" if name[:1].isdigit() else name
+    return name if name[:1].isascii() and name[:1].isalpha() else f"m_{name}"
 
 
 def parse_duration(text: str, name: str) -> float:
@@ -162,14 +164,17 @@ class TaskMetrics:
             raise ConfigError(f"Invalid value for property '{PUSH_RATE.name}': the push rate must be positive")
         if properties.get(TOKEN) and properties.get(USERNAME):
             raise ConfigError(f"The properties '{TOKEN.name}' and '{USERNAME.name}' are mutually exclusive")
-        url = properties.get(BASE_URL)
+        url, source = properties.get(BASE_URL), BASE_URL.name
         if properties.raw(BASE_URL.name, *BASE_URL.aliases) is None and properties.get(ADDRESS):
-            url = f"{properties.get(SCHEME).lower()}://{properties.get(ADDRESS)}"
+            url, source = f"{properties.get(SCHEME).lower()}://{properties.get(ADDRESS)}", ADDRESS.name
         job = properties.get(JOB) or properties.raw("spring.application.name") or "spring"
         grouping = {**properties.subtree(f"{BOOT2_PREFIX}.grouping-key", as_written=True),
                     **properties.subtree(GROUPING_KEY.name, as_written=True)}
-        gateway = Gateway.of(url, job, grouping, properties.get(USERNAME), properties.get(PASSWORD),
-                             properties.get(TOKEN))
+        try:  # Boot fails at the start on a malformed URL too; the message never shows it (it may hold a password)
+            gateway = Gateway.of(url, job, grouping, properties.get(USERNAME), properties.get(PASSWORD),
+                                 properties.get(TOKEN))
+        except ValueError as error:
+            raise ConfigError(f"Invalid value for property '{source}': {error}") from None
         return cls(meters, Pusher(gateway, meters, rate, properties.get(SHUTDOWN)))
 
     def start(self, execution_id: int, name: str, parent_id: int | None, external_id: str | None) -> None:

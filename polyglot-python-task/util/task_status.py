@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import logging
 import re
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -31,19 +28,19 @@ from sqlalchemy import (
     Table,
     create_engine,
     func,
-    inspect,
     select,
     text,
 )
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, InternalError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from . import logs, task_lock
+from . import logs, task_lock, task_schema
 from .arguments import CONFIG_PROPERTIES, ConfigError, Property
 from .datasource import PROPERTIES as DATASOURCE_PROPERTIES
 from .datasource import Datasource, datasource
 from .task_metrics import PROPERTIES as METRICS_PROPERTIES
 from .task_metrics import TaskMetrics
+from .task_signals import Signals, TaskTerminatedError
 from .task_text import FORMS, MESSAGE_SIZE, Fit, fitter, stack_trace
 
 log = logging.getLogger(__name__)
@@ -71,20 +68,7 @@ DATABASE_ERRORS = (SQLAlchemyError, UnicodeError)
 # 3988 conversion from the connection's collation impossible.
 _MYSQL_REFUSALS = frozenset({1300, 1366, 3988})
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,49}")
-# What a table prefix renames in the DDL: tables, the sequence and constraint names (never columns).
-_PREFIXED = re.compile(r"\bTASK_(EXECUTION_PARAMS|EXECUTION|TASK_BATCH|SEQ|LOCK|EXEC_PARAMS_FK|EXEC_BATCH_FK)\b")
 _SECRET_KEY = re.compile(r"password|secret|credential|token|jaas", re.I)
-
-
-class TaskTerminatedError(BaseException):
-    """SIGTERM or SIGINT arrived while the task body ran.
-
-    A BaseException, so that no ``except Exception`` in the body or a library swallows it.
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"Task terminated by {signal.Signals(signum).name}")
-        self.exit_code = 128 + signum
 
 
 @dataclass(frozen=True)
@@ -117,21 +101,15 @@ class TaskRepository:
             Column("parent_execution_id", BigInteger))
         self.params = Table(fold(f"{prefix}EXECUTION_PARAMS"), metadata,
                             Column("task_execution_id", BigInteger), Column("task_param", String(MESSAGE_SIZE)))
-        self.sequence = fold(f"{prefix}SEQ")
+        self.sequence, self.lock = fold(f"{prefix}SEQ"), fold(f"{prefix}LOCK")
 
     def initialize(self) -> None:
-        """Create the tables from the dialect's Spring Cloud Task DDL when the execution table is missing."""
-        with self.engine.begin() as connection:
-            if inspect(connection).has_table(self.execution.name):
-                return
-            ddl = resources.files(__package__).joinpath("schema", f"schema-{self._schema()}.sql").read_text()
-            for statement in (s.strip() for s in ddl.split(";")):
-                if statement:
-                    statement = _PREFIXED.sub(lambda m: self.prefix + m.group(1), statement)
-                    if self.prefix != "TASK_":  # PostgreSQL names the key's index after it: keep it unique
-                        statement = re.sub(r"\bLOCK_PK\b", f"{self.prefix}LOCK_PK", statement)
-                    connection.execute(text(statement))
-        log.info("Created the task tables with prefix %s in the %s", self.prefix, self.source.where)
+        """Create the tables from the dialect's Spring Cloud Task DDL when one is missing, as Spring does: a table
+        a launch racing this one created meanwhile is passed over (``task_schema``)."""
+        if task_schema.complete(self.engine, [self.execution.name, self.lock], self.sequence):
+            return
+        if task_schema.create(self.engine, self._schema(), self.prefix):
+            log.info("Created the task tables with prefix %s in the %s", self.prefix, self.source.where)
 
     def _schema(self) -> str:
         if self.source.dialect != "mysql":
@@ -229,7 +207,7 @@ T = TypeVar("T")
 def run_task(body: Body, options: Mapping[str, Property]) -> None:
     """Record the run around ``body(execution, **options)`` and exit 0, 1 (exception) or 128+signal."""
     logs.start_logging()
-    signals = _Signals()
+    signals = Signals()
     try:
         properties, values = logs.read_properties(options)
         source = datasource(properties)
@@ -255,7 +233,7 @@ def run_task(body: Body, options: Mapping[str, Property]) -> None:
     metrics.start(execution.id, name, launch[3], launch[2])
     exit_code, exit_message, error_text = task_lock.guarded(  # the lock of single-instance-enabled, if on
         single_instance, source, repository.prefix, name, execution.id, end_retry,
-        lambda: _outcome(metrics.watch(body), execution, values, signals))
+        lambda: _outcome(metrics.watch(body), execution, values, signals), signals.waiting)
     metrics.end(exit_code)
     try:
         _recording(lambda fit: repository.finish(execution.id, exit_code, exit_message, error_text, fit), end_retry,
@@ -273,7 +251,7 @@ def run_task(body: Body, options: Mapping[str, Property]) -> None:
 
 
 def _outcome(body: Body, execution: TaskExecution, values: dict[str, Any],
-             signals: _Signals) -> tuple[int, str | None, str | None]:
+             signals: Signals) -> tuple[int, str | None, str | None]:
     """Run the body; its exit code, exit message and error message."""
     try:
         with signals.armed():
@@ -346,35 +324,6 @@ def _transient(error: Exception) -> bool:
     if isinstance(error, (OperationalError, InterfaceError, InternalError)):
         return True
     return isinstance(error, DBAPIError) and error.connection_invalidated
-
-
-class _Signals:
-    """SIGTERM/SIGINT end the body with TaskTerminatedError; outside it they wait their turn, never kill."""
-
-    def __init__(self) -> None:
-        self.pending: int | None = None
-        self.terminated: int | None = None  # the signal that ended the body, even if the body caught it
-        self.live = False
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.live:
-            self.live = False
-            self.terminated = signum
-            raise TaskTerminatedError(signum)
-        self.pending = self.pending or signum
-
-    @contextmanager
-    def armed(self) -> Iterator[None]:
-        if self.pending:
-            self.terminated = self.pending
-            raise TaskTerminatedError(self.pending)
-        self.live = True
-        try:
-            yield
-        finally:
-            self.live = False
 
 
 def _reason(error: Exception) -> str:
