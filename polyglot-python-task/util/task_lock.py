@@ -230,7 +230,8 @@ class TaskLock:
                 .values(**self._stamp(_utc_now()))).rowcount)
 
     def _renew(self) -> None:
-        """The heartbeat: every 500 ms, push EXPIRED_AFTER on; a failure is logged once, then retried."""
+        """The heartbeat: every 500 ms, push EXPIRED_AFTER on; a failure is logged once a streak of them (a
+        database going down fails in several ways as it goes), then retried."""
         trouble: str | None = None
         while not self._stop.wait(HEARTBEAT):
             try:
@@ -238,7 +239,7 @@ class TaskLock:
                                                       "or it was deleted)"
             except DATABASE_ERRORS as error:
                 problem = f"the database failed: {_reason(error)}"
-            if problem and problem != trouble:
+            if problem and not trouble:
                 log.warning("Cannot renew the single-instance lock of task %s: %s; retrying", self.name, problem)
             elif trouble and not problem:
                 log.info("Renewed the single-instance lock of task %s again", self.name)
