@@ -3,6 +3,7 @@ invalid, locations, secrets reached through placeholders, random values per prop
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,98 @@ def test_a_malformed_random_range_is_one_line_naming_the_property(placeholder: s
     Range.of); the line names the property holding it."""
     with pytest.raises(ConfigError, match=r"app\.port"):
         Properties([f"--app.port=${{{placeholder}}}"], {}).raw("app.port")
+
+
+@pytest.mark.parametrize("name", ["spring.profiles.active", "spring.profiles.include", "spring.config.import"])
+def test_an_index_of_a_non_ascii_digit_is_not_a_traceback(name: str) -> None:
+    """'²'.isdigit() is True but int('²') raises: such a key is no index (ignored, as Boot's binder finds no
+    element) or one ConfigError line, never a traceback."""
+    with contextlib.suppress(ConfigError):
+        Properties([f"--{name}[\u00b2]=a"], {})
+
+
+def test_an_indexed_list_from_environment_variables() -> None:
+    """Boot's SystemEnvironmentPropertyMapper reads SPRING_PROFILES_ACTIVE_0 as spring.profiles.active[0]
+    (MY_ACME_1_OTHER is my.acme[1].other)."""
+    properties = Properties([], {"SPRING_PROFILES_ACTIVE_0": "prod", "SPRING_PROFILES_ACTIVE_1": "eu"})
+    assert properties.profiles == ["prod", "eu"]
+
+
+def test_a_rabbit_password_with_a_comma_is_not_in_the_error() -> None:
+    """addresses split at commas before masking: 'amqp://app:s3cr3t' (the part before an unencoded comma in
+    the password) has no '@', so logs.shown masks nothing and the error line shows the password."""
+    from util.rabbit_config import addresses
+
+    with pytest.raises(ConfigError) as error:
+        addresses(Properties(["--spring.rabbitmq.addresses=amqp://app:s3cr3t,more@rabbit:5672"], {}))
+    assert "s3cr3t" not in str(error.value)
+
+
+def test_yaml_map_keys_are_the_text_written_as_boots_key_scalar_nodes() -> None:
+    """Boot's OriginTrackedYamlLoader turns every map key into a KeyScalarNode (tag str): 'no', 'on', '1',
+    'true', '0x10' stay as written."""
+    from util.config_formats import yaml_documents
+
+    text = "regions:\n  no: oslo\n  se: stockholm\n  on: x\n  1: one\n  true: t\n  0x10: hex\n"
+    (document,) = yaml_documents(text, "application.yml")
+    assert {key: value for key, value in document.items()} == {
+        "regions.no": "oslo", "regions.se": "stockholm", "regions.on": "x", "regions.1": "one",
+        "regions.true": "t", "regions.0x10": "hex"}
+
+
+def test_config_locations_as_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """spring.config.location and additional-location are lists in Boot (ConfigDataLocation[]), as
+    spring.config.import: name[0] on the command line or a JSON array in SPRING_APPLICATION_JSON."""
+    import json
+
+    (tmp_path / "loc").mkdir()
+    (tmp_path / "loc" / "application.yml").write_text("fromloc: found\n")
+    monkeypatch.chdir(tmp_path)
+    where = f"file:{tmp_path / 'loc'}/"
+    assert Properties([f"--spring.config.location[0]={where}"], {}).raw("fromloc") == "found"
+    app_json = json.dumps({"spring": {"config": {"additional-location": [where]}}})
+    assert Properties([], {"SPRING_APPLICATION_JSON": app_json}).raw("fromloc") == "found"
+
+
+@pytest.mark.parametrize("after", ["#x", "/x", "?x"])
+def test_a_pushgateway_base_url_error_never_shows_its_password(after: str) -> None:
+    """A password holding '#', '/' or '?' (unencoded) ends the netloc there: urlsplit reads 'user:s3cr3t' as
+    host:port, and parts.port's ValueError text ('Port could not be cast to integer value as 's3cr3t'') is put in
+    the ConfigError, which task_metrics promises never shows the URL (it may hold a password)."""
+    from util.task_metrics import TaskMetrics
+
+    prefix = "--management.prometheus.metrics.export.pushgateway"
+    with pytest.raises(ConfigError) as error:
+        TaskMetrics.configure(Properties([f"{prefix}.enabled=true",
+                                          f"{prefix}.base-url=http://user:s3cr3t{after}@gw:9091"], {}))
+    assert "s3cr3t" not in str(error.value)
+
+
+def test_a_port_of_non_ascii_digits_is_one_configuration_line() -> None:
+    """str.isdigit() is True for '²' (and Arabic-Indic digits), which int() refuses (or reads as a port Java
+    refuses): the rabbit addresses and Kafka brokers checks say so in one line."""
+    from util.kafka_config import bootstrap_servers
+    from util.rabbit_config import addresses
+
+    for check, args in ((addresses, ["--spring.rabbitmq.addresses=rabbit:\u00b2"]),
+                        (bootstrap_servers, ["--spring.cloud.stream.kafka.binder.brokers=kafka:\u00b2"])):
+        with pytest.raises(ConfigError):
+            check(Properties(args, {}))
+
+
+def test_a_jdbc_connect_timeout_of_non_ascii_digits_is_not_a_traceback() -> None:
+    """datasource: connectTimeout=² passes value.isdigit() and int() raises out of from_jdbc."""
+    from util.datasource import from_jdbc
+
+    for url in ("jdbc:postgresql://db/x?connectTimeout=\u00b2", "jdbc:mariadb://db/x?connectTimeout=\u00b2"):
+        with contextlib.suppress(ConfigError):
+            from_jdbc(url, None, None)
+
+
+def test_a_documents_indexed_list_in_index_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """config_files._list takes name[i] in the order the file writes them, not by index (arguments._list sorts):
+    spring.profiles.include[1]=b before [0]=a includes b then a; Boot binds the list [a, b] (a later one wins)."""
+    (tmp_path / "application.properties").write_text(
+        "spring.profiles.include[1]=b\nspring.profiles.include[0]=a\n")
+    monkeypatch.chdir(tmp_path)
+    assert Properties([], {}).profiles == ["a", "b"]

@@ -130,9 +130,9 @@ def yaml_documents(text: str, name: str) -> list[dict[str, str]]:
 
 def _loader(yaml: Any, base: type) -> type:
     """``base`` reading YAML as Spring Boot's OriginTrackedYamlLoader does: no timestamp resolver (a date is the text
-    written), one pair per key of a merged map (``<<``), as SnakeYAML keeps (PyYAML keeps every merged pair, so
-    maps merging the one before twice double at each step: 2^25 pairs from 50 aliases); a value that cannot be
-    constructed (``!!int x``, an int of more than 4,300 digits) a YAML error at its line."""
+    written), keys as the text written, one pair per key of a merged map (``<<``), as SnakeYAML keeps (PyYAML
+    keeps every merged pair, so maps merging the one before twice double at each step: 2^25 pairs from 50
+    aliases); a value that cannot be constructed (``!!int x``, a 4,301-digit int) a YAML error at its line."""
     class Loader(base):  # type: ignore[misc,valid-type]
         yaml_implicit_resolvers: ClassVar[dict[Any, Any]] = {
             first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
@@ -140,6 +140,9 @@ def _loader(yaml: Any, base: type) -> type:
 
         def flatten_mapping(self, node: Any) -> None:
             super().flatten_mapping(node)
+            for key, _ in node.value:  # a key is its text, as Boot's KeyScalarNode: 'no', 'on', '1', '0x10'
+                if isinstance(key, yaml.ScalarNode):
+                    key.tag = "tag:yaml.org,2002:str"
             last = {(key.tag, key.value): at for at, (key, _) in enumerate(node.value)
                     if isinstance(key, yaml.ScalarNode)}
             node.value = [(key, value) for at, (key, value) in enumerate(node.value)

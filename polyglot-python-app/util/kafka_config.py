@@ -16,7 +16,7 @@ from pathlib import Path
 from .arguments import ConfigError, Properties, Property
 from .bindings import BINDER, InputBinding
 from .dead_letter import KafkaDeadLetters
-from .logs import shown
+from .logs import cut_secret, shown
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,9 @@ def bootstrap_servers(properties: Properties) -> list[str]:
             continue
         host, sep, given = address.rpartition(":") if not address.endswith("]") else ("", "", "")
         if sep and not host.endswith(":"):
-            if not given.isdigit() or not 0 < int(given) < 65536:
-                raise ConfigError(f"Invalid broker {shown(item.strip(), properties.secret(BROKERS))} in property "
+            if not (given.isascii() and given.isdigit()) or not 0 < int(given) < 65536:
+                hidden = properties.secret(BROKERS) or cut_secret(value, item)
+                raise ConfigError(f"Invalid broker {shown(item.strip(), hidden)} in property "
                                   f"'{BROKERS.name}': the port must be a number")
             servers.append(address)
         else:

@@ -49,7 +49,14 @@ def shown(value: str, secret: bool = False) -> str:
     return repr(masked if len(masked) <= 200 else f"{masked[:200]}…")
 
 
-_USERINFO = re.compile(r"(?<![^\s,;])((?:[A-Za-z][\w+.-]*://)?)([^\s,;]*)@")
+def cut_secret(whole: str, item: str) -> bool:
+    """Whether ``item``, one comma-separated entry of ``whole``, may be a password's first part (``whole`` holds a
+    ``user:password@`` that ``item`` does not reach): then it is not shown."""
+    return "@" in whole and "@" not in item
+
+
+# From the user to the last '@' (a password may hold '@', ' ', ';'): what shown() masks.
+_USERINFO = re.compile(r"^(\s*(?:[A-Za-z][\w+.-]*://)?)(.*)@")
 
 
 def _mask(match: re.Match[str]) -> str:

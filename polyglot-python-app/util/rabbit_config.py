@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .arguments import ConfigError, Properties, Property, canonical
-from .logs import shown
+from .logs import cut_secret, shown
 
 RABBIT = "spring.rabbitmq"
 HOST = Property(f"{RABBIT}.host", str, "localhost", "RabbitMQ host (rabbit binder).")
@@ -121,8 +121,9 @@ def addresses(properties: Properties) -> list[tuple[str, int, str, str, str, boo
             host, _, port_text = hostport.rpartition(":") if not hostport.endswith("]") else (hostport, "", "")
             if not host:
                 host, port_text = hostport, ""
-            if port_text and not port_text.isdigit():
-                raise ConfigError(f"Invalid address {shown(item, properties.secret(ADDRESSES))} in property "
+            if port_text and not (port_text.isascii() and port_text.isdigit()):
+                hidden = properties.secret(ADDRESSES) or cut_secret(given, item)
+                raise ConfigError(f"Invalid address {shown(item, hidden)} in property "
                                   f"'{ADDRESSES.name}': the port must be a number")
             entries.append((host.strip("[]"), int(port_text) if port_text else None, u or user, p or password,
                             path or vhost, secure))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,8 +60,11 @@ def canonical(name: str) -> str:
 
 
 def env_canonical(name: str) -> str:
-    """Relaxed form of an environment variable name: ``_`` separates segments unless dots are used."""
-    return canonical(name if "." in name else name.replace("_", "."))
+    """Relaxed form of an environment variable name: ``_`` separates segments unless dots are used; a segment of
+    digits is a list index, as Boot maps ``MY_LIST_0`` to ``my.list[0]``."""
+    if "." in name:
+        return canonical(name)
+    return re.sub(r"\.([0-9]+)(?=\.|$)", r"[\1]", canonical(name.replace("_", ".")))
 
 
 def parse_argv(argv: Iterable[str]) -> dict[str, str]:
@@ -137,12 +141,12 @@ class Properties:
 
     def _locations(self) -> list[tuple[str, str | None]]:
         """Where config files are looked for, and the property naming each, from the sources above them."""
-        replaced = self.raw(config_files.LOCATION)
-        extra = self.raw(config_files.ADDITIONAL_LOCATION)
+        replaced = self.values(config_files.LOCATION)  # lists, as Boot binds them
+        extra = self.values(config_files.ADDITIONAL_LOCATION)
         locations: list[tuple[str, str | None]] = (
-            [(location, None) for location in config_files.DEFAULT_LOCATIONS] if replaced is None else
-            [(location, config_files.LOCATION) for location in _split_list(replaced)])
-        return locations + [(location, config_files.ADDITIONAL_LOCATION) for location in _split_list(extra or "")]
+            [(location, None) for location in config_files.DEFAULT_LOCATIONS] if not replaced else
+            [(location, config_files.LOCATION) for location in replaced])
+        return locations + [(location, config_files.ADDITIONAL_LOCATION) for location in extra]
 
     def raw(self, name: str, *aliases: str) -> str | None:
         """The value of ``name`` (or an alias) from the highest source that sets it, or None."""
@@ -151,24 +155,27 @@ class Properties:
 
     def values(self, name: str) -> list[str]:
         """A list property from the highest source that sets it: a comma list, or ``name[0]``, ``name[1]``..."""
-        key = canonical(name)
         for layer in self._layers:
-            found = self._list(layer, key)
-            if found is not None:
-                return found
+            for key in _keys(name):
+                found = self._list(layer, key)
+                if found is not None:
+                    return found
         return []
 
     def every(self, name: str) -> list[str]:
         """A list property's values from every source, highest first, added up (``spring.profiles.include``)."""
-        key = canonical(name)
-        return [item for layer in self._layers for item in self._list(layer, key) or []]
+        items: list[str] = []
+        for layer in self._layers:
+            lists = (self._list(layer, key) for key in _keys(name))
+            items += next((found for found in lists if found is not None), [])
+        return items
 
     def _list(self, layer: dict[str, tuple[str, str]], key: str) -> list[str] | None:
         if key in layer:
             value = self._resolve(layer[key][1], 0, (id(layer), key))
             return None if value is None else _split_list(value)
-        indexed = sorted((int(k[len(key) + 1:-1]), k) for k in layer
-                         if k.startswith(key + "[") and k.endswith("]") and k[len(key) + 1:-1].isdigit())
+        indexed = sorted((int(k[len(key) + 1:-1]), k) for k in layer if k.startswith(key + "[") and k.endswith("]")
+                         and k[len(key) + 1:-1].isascii() and k[len(key) + 1:-1].isdigit())
         if not indexed:
             return None
         items = [self._resolve(layer[k][1], 0, (id(layer), k)) for _, k in indexed]
@@ -199,14 +206,19 @@ class Properties:
         if prop.secret:
             return True
         found = self._provider([key for n in (prop.name, *prop.aliases) for key in _keys(n)], skip_empty=True)
-        return found is not None and self._from_secret(found[0], found[1], 0)
+        return found is not None and self._from_secret(found[0], found[1], 0, set())
 
-    def _from_secret(self, layer: dict[str, tuple[str, str]], key: str, depth: int) -> bool:
-        """Whether the value at ``layer[key]`` is a config tree's, or takes one through its placeholders."""
+    def _from_secret(self, layer: dict[str, tuple[str, str]], key: str, depth: int,
+                     seen: set[tuple[int, str]]) -> bool:
+        """Whether the value at ``layer[key]`` is a config tree's, or takes one through its placeholders (each
+        value looked at once)."""
         if id(layer) in self._secret:
             return True
         if depth > _DEPTH:
             return True  # circular: nothing resolves, but say nothing of it
+        if (id(layer), key) in seen:
+            return False
+        seen.add((id(layer), key))
         value = layer[key][1]
         index = 0
         while (start := value.find("${", index)) >= 0:
@@ -214,8 +226,9 @@ class Properties:
             if end < 0:
                 break
             for name in _placeholder_names(value[start + 2:end]):
-                found = self._provider(_lookup_keys(name), skip_empty=False)
-                if found is not None and self._from_secret(found[0], found[1], depth + 1):
+                keys = _lookup_keys(name)
+                holder = next(((layer, k) for layer in self._layers for k in keys if k in layer), None)
+                if holder is not None and self._from_secret(holder[0], holder[1], depth + 1, seen):
                     return True
             index = end + 1
         return False

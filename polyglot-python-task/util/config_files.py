@@ -239,13 +239,15 @@ def _merge(documents: list[dict[str, str]], profiles: list[str] | None, name: st
 
 def _list(values: dict[str, str], name: str) -> list[str]:
     """A list property of one file or document: a comma list, or YAML's ``name[0]``, ``name[1]``..."""
-    relaxed, items = _relaxed(name), []
+    relaxed, found = _relaxed(name), []
     for key, value in values.items():
         key = _relaxed(key)
         index = key[len(relaxed) + 1:-1]
-        if key == relaxed or (key.startswith(relaxed + "[") and key.endswith("]") and index.isdigit()):
-            items += [item.strip() for item in value.split(",") if item.strip()]
-    return items
+        if key == relaxed:
+            found.append((-1, value))
+        elif key.startswith(relaxed + "[") and key.endswith("]") and index.isascii() and index.isdigit():
+            found.append((int(index), value))
+    return [item.strip() for _, value in sorted(found) for item in value.split(",") if item.strip()]
 
 
 def _relaxed(name: str) -> str:

@@ -87,7 +87,7 @@ def _mysql_query(params: dict[str, str]) -> dict[str, str]:
             query["ssl_mode"] = "REQUIRED" if value.lower() == "true" else "DISABLED"
         elif name in ("serversslcert", "sslca", "sslrootcert"):
             query["ssl_ca"] = value.removeprefix("file:")
-        elif name == "connecttimeout" and value.isdigit():
+        elif name == "connecttimeout" and value.isascii() and value.isdigit():
             query["connect_timeout"] = str(max(1, int(value) // 1000))  # milliseconds in JDBC
         elif name == "characterencoding":
             query["charset"] = "utf8mb4" if value.lower().replace("-", "") in ("utf8", "utf8mb4") else value
@@ -103,7 +103,7 @@ def _postgresql_query(params: dict[str, str]) -> dict[str, str]:
         name = key.lower()
         if name in ("sslmode", "sslrootcert", "sslcert", "sslkey"):
             query[name] = value
-        elif name == "connecttimeout" and value.isdigit():
+        elif name == "connecttimeout" and value.isascii() and value.isdigit():
             query["connect_timeout"] = value  # seconds in pgJDBC
         elif name == "applicationname":
             query["application_name"] = value

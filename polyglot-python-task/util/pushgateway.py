@@ -49,7 +49,10 @@ class Gateway:
         parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             raise ValueError("expected http://host[:port] or https://host[:port]")
-        parts.port  # noqa: B018 - ValueError when the port is not a number from 0 to 65535
+        try:
+            parts.port  # noqa: B018 - ValueError when the port is not a number from 0 to 65535
+        except ValueError:
+            raise ValueError("its port is not a number from 0 to 65535") from None
         if parts.username is not None and not username:
             username = urllib.parse.unquote(parts.username)
             password = urllib.parse.unquote(parts.password or "")
