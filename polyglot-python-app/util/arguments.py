@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config_files, config_imports, profiles
+from . import config_files, config_imports, placeholders, profiles
 from .random_values import RandomRangeError, random_value
 
 _TRUE = frozenset({"true", "on", "yes", "1"})
@@ -222,10 +222,10 @@ class Properties:
         value = layer[key][1]
         index = 0
         while (start := value.find("${", index)) >= 0:
-            end = _closing(value, start + 2)
+            end = placeholders.closing(value, start + 2)
             if end < 0:
                 break
-            for name in _placeholder_names(value[start + 2:end]):
+            for name in placeholders.names(value[start + 2:end]):
                 keys = _lookup_keys(name)
                 holder = next(((layer, k) for layer in self._layers for k in keys if k in layer), None)
                 if holder is not None and self._from_secret(holder[0], holder[1], depth + 1, seen):
@@ -266,11 +266,11 @@ class Properties:
             return None
         out, index = [], 0
         while (start := value.find("${", index)) >= 0:
-            end = _closing(value, start + 2)
+            end = placeholders.closing(value, start + 2)
             if end < 0:  # no closing brace: not a placeholder, as in Spring
                 break
             out.append(value[index:start])
-            name, default = _split_default(value[start + 2:end])
+            name, default = placeholders.split_default(value[start + 2:end])
             key = self._resolve(name, depth + 1, origin)
             found = None if key is None else self._lookup(key, depth + 1)
             if found is None and key is not None and key.startswith("random."):
@@ -327,48 +327,6 @@ def _lookup_keys(name: str) -> list[str]:
     if "." not in name and "_" in name:
         keys.append(env_canonical(name))
     return keys
-
-
-def _placeholder_names(text: str) -> list[str]:
-    """The names a placeholder's text may look up: its name and those in its default, nested ones too."""
-    name, default = _split_default(text)
-    names = [name]
-    for part in (name, default or ""):
-        index = 0
-        while (start := part.find("${", index)) >= 0:
-            end = _closing(part, start + 2)
-            if end < 0:
-                break
-            names += _placeholder_names(part[start + 2:end])
-            index = end + 1
-    return [n for n in names if "${" not in n]
-
-
-def _closing(text: str, start: int) -> int:
-    """The index of the ``}`` that closes a placeholder whose name starts at ``start``, or -1."""
-    nested = 0
-    for index in range(start, len(text)):
-        char = text[index]
-        if char == "{":
-            nested += 1
-        elif char == "}":
-            if nested == 0:
-                return index
-            nested -= 1
-    return -1
-
-
-def _split_default(text: str) -> tuple[str, str | None]:
-    """``name:default`` at the first ``:`` outside nested placeholders; no ``:``, no default."""
-    nested = 0
-    for index, char in enumerate(text):
-        if char == "{":
-            nested += 1
-        elif char == "}":
-            nested -= 1
-        elif char == ":" and nested == 0:
-            return text[:index], text[index + 1:]
-    return text, None
 
 
 def _split_list(text: str) -> list[str]:
