@@ -5,8 +5,10 @@ Tansu hides an open transaction from a read_committed fetch (its last stable off
 reader fetches the raw record batches (READ_UNCOMMITTED) and applies the transaction markers itself, as Java's
 consumer does with the aborted list: a transactional batch's records are held per producer id until a control
 batch of that producer id, a COMMIT releases them, an ABORT drops them; what is still held at the end belongs to
-an open transaction and is not visible. Requests go over a socket of its own, encoded by kafka-python's protocol
-classes (Metadata v9, Fetch v12); no consumer, no group.
+an open transaction and is not visible, nor is what follows the first offset of the earliest open transaction
+(Apache Kafka's last stable offset, computed here: Tansu's lags behind it when transactions overlap). Requests go
+over a socket of its own, encoded by kafka-python's protocol classes (Metadata v9, Fetch v12); no consumer, no
+group.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class PartitionLog:
 
     ``decided``: non-transactional and committed records; ``open``: records of a transaction with no marker yet,
     by producer id; ``aborted``: records an ABORT dropped. ``last_stable_offset`` is the broker's, from the same
-    fetch response as ``high_watermark``.
+    fetch response as ``high_watermark`` (``stable_offset`` is Apache Kafka's).
     """
 
     topic: str
@@ -91,13 +93,19 @@ class PartitionLog:
                                 record.value, list(record.headers)) for record in batch
                 if self.next_offset <= record.offset < self.high_watermark]
 
+    @property
+    def stable_offset(self) -> int:
+        """Apache Kafka's last stable offset: the first offset of the earliest transaction still open, else the high
+        watermark. Tansu's (``last_stable_offset``) can lag behind it: Tansu holds it at the start of the first of
+        overlapping transactions until none is open, though that one has ended."""
+        firsts = [records[0].offset for records in self.open.values() if records]
+        return min([*firsts, self.high_watermark])
+
     def visible(self, upto: Upto = "stable") -> list[CommittedRecord]:
-        """What a read_committed consumer reads, in offset order: up to the last stable offset as Java's consumer
+        """What a read_committed consumer reads, in offset order: up to the last stable offset as on Apache Kafka
         (``"stable"``), or every record decided up to the high watermark, past an open transaction's first offset
         too (``"high_watermark"``: what a dead producer's transaction, which Tansu never times out, would hide)."""
-        bound = self.high_watermark
-        if upto == "stable" and self.last_stable_offset >= 0:
-            bound = min(bound, self.last_stable_offset)
+        bound = self.stable_offset if upto == "stable" else self.high_watermark
         return sorted((record for record in self.decided if record.offset < bound), key=lambda r: r.offset)
 
     @property
