@@ -113,8 +113,9 @@ class PartitionLog:
         return sum(len(records) for records in self.open.values())
 
 
-class _Broker:
-    """One connection to one broker: a request at a time, each answered before the next is sent."""
+class Connection:
+    """One connection to one broker: a request (a kafka-python protocol message) at a time, each answered before
+    the next is sent."""
 
     def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
@@ -157,7 +158,7 @@ def _leaders(bootstrap: Any, topic: str) -> tuple[dict[int, tuple[str, int]], di
     return brokers, {p.partition_index: p.leader_id for p in found.partitions}
 
 
-def _fetch(broker: _Broker, log: PartitionLog) -> Any | None:
+def _fetch(broker: Connection, log: PartitionLog) -> Any | None:
     """One READ_UNCOMMITTED fetch of the partition from ``log.next_offset``: its partition data, if any."""
     wanted = _FetchTopic.FetchPartition(partition=log.partition, fetch_offset=log.next_offset,
                                         partition_max_bytes=PARTITION_BYTES)
@@ -175,7 +176,7 @@ def _fetch(broker: _Broker, log: PartitionLog) -> Any | None:
     return data
 
 
-def read_partition(broker: _Broker, topic: str, partition: int, deadline: float) -> PartitionLog:
+def read_partition(broker: Connection, topic: str, partition: int, deadline: float) -> PartitionLog:
     """The partition from offset 0 up to the high watermark of the first fetch (a snapshot: later records
     are left for the next read)."""
     log = PartitionLog(topic, partition)
@@ -197,14 +198,14 @@ def read_logs(bootstrap: str, topic: str, timeout: float = 30) -> dict[int, Part
     """Every partition of ``topic`` read to its high watermark, the markers applied (waits for the topic)."""
     deadline = time.monotonic() + timeout
     host, _, port = bootstrap.split(",")[0].rpartition(":")
-    brokers: dict[tuple[str, int], _Broker] = {}
+    brokers: dict[tuple[str, int], Connection] = {}
     try:
-        first = brokers.setdefault((host, int(port)), _Broker(host, int(port)))
+        first = brokers.setdefault((host, int(port)), Connection(host, int(port)))
         nodes, leaders = wait_for(lambda: _leaders(first, topic), timeout, f"topic {topic}")
         logs = {}
         for partition, leader in sorted(leaders.items()):
             address = nodes[leader]
-            broker = brokers.get(address) or brokers.setdefault(address, _Broker(*address))
+            broker = brokers.get(address) or brokers.setdefault(address, Connection(*address))
             logs[partition] = read_partition(broker, topic, partition, deadline)
         return logs
     finally:
