@@ -1,5 +1,6 @@
-"""What the test broker does with transactions where it differs from Apache Kafka, pinned so that exactly-once
-tests know it (and learn when a newer Tansu mends it): offsets alone, fencing, epoch bumps."""
+"""What the test broker and the clients do with transactions where they differ from Apache Kafka and its Java
+client, pinned so that exactly-once tests know it (and learn when a newer Tansu or client mends it): offsets alone,
+fencing, epoch bumps, a record lost in a committed transaction."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ from typing import Any
 import confluent_kafka
 import pytest
 from kafka import KafkaProducer, OffsetAndMetadata, TopicPartition
-from kafka.errors import KafkaError, ProducerFencedError
+from kafka.errors import KafkaError, KafkaTimeoutError, ProducerFencedError
 from kafka.protocol.producer import EndTxnRequest, EndTxnResponse, InitProducerIdRequest, InitProducerIdResponse
 
 from conftest import Kafka
 from devkit.committed_reader import Connection, read_logs
+from devkit.kafka_proxy import KafkaProxy
 from devkit.tansu import Tansu
+from devkit.waiting import wait_for
 
-UNKNOWN_SERVER_ERROR = -1
+UNKNOWN_SERVER_ERROR, UNKNOWN_PRODUCER_ID = -1, 59
 
 
 class Transactional:
@@ -64,9 +67,10 @@ class Transactional:
             consumer.close()
         if self.client == "kafka-python":
             self.producer.close(10)
-        elif not self.fenced:
+        elif self.fenced:  # dropped: librdkafka's destroy ends its threads without an abort
+            del self.producer
+        else:
             self.producer.close()
-        # a fenced one is dropped: librdkafka's destroy, when it is collected, ends its threads without an abort
 
 
 @pytest.fixture
@@ -176,3 +180,72 @@ def test_tansu_refuses_an_epoch_bump_and_drops_a_stale_end_txn(broker: Tansu, na
             connection.ask(stale, EndTxnResponse, 3)
     finally:
         connection.close()
+
+
+def refusal(producer: Transactional) -> str:
+    """What kafka-python says when asked for a transaction (while it bumps the epoch: an invalid transition)."""
+    try:
+        producer.producer.begin_transaction()
+    except KafkaError as error:
+        return str(error)
+    raise AssertionError("a transaction began")
+
+
+def test_a_refused_epoch_bump_leaves_each_client_stuck(
+        proxied: tuple[Kafka, KafkaProxy], names: Callable[[str], str], client: str) -> None:
+    """UNKNOWN_PRODUCER_ID on a record of a transaction asks for KIP-360's epoch bump, which Tansu refuses.
+    librdkafka aborts (the marker is written), then retries the bump for ever: the abort times out, retriable, and
+    close() would hang. kafka-python bumps at once, before any abort, and turns fatal: its transaction stays open
+    (Tansu never times it out) until a new producer of the id takes over."""
+    kafka, proxy = proxied
+    topic, refused, tx = kafka.create(names("t")), kafka.create(names("refused")), names("tx")
+    producer = Transactional(client, kafka.bootstrap, tx)
+    try:
+        producer.producer.begin_transaction()
+        producer.send(topic, b"before")
+        proxy.refuse(refused, UNKNOWN_PRODUCER_ID)
+        if client == "librdkafka":
+            producer.fenced = True
+            producer.producer.produce(refused, b"refused")
+            producer.producer.flush(30)
+            with pytest.raises(confluent_kafka.KafkaException) as raised:
+                producer.commit()
+            assert raised.value.args[0].txn_requires_abort()
+            with pytest.raises(confluent_kafka.KafkaException) as raised:
+                producer.producer.abort_transaction(2)
+            assert raised.value.args[0].retriable()
+            assert [r.value for r in read_logs(kafka.bootstrap, topic)[0].aborted] == [b"before"]
+        else:
+            with pytest.raises(KafkaError):
+                producer.send(refused, b"refused")
+            wait_for(lambda: "InitProducerIdResponse" in refusal(producer), 30, "the refused bump")
+            assert read_logs(kafka.bootstrap, topic)[0].open_count == 1
+            successor = Transactional(client, kafka.bootstrap, tx)
+            assert [r.value for r in read_logs(kafka.bootstrap, topic)[0].aborted] == [b"before"]
+            successor.close()
+    finally:
+        producer.close()
+
+
+@pytest.mark.one_client
+def test_kafka_python_commits_a_transaction_one_of_whose_records_expired(
+        proxied: tuple[Kafka, KafkaProxy], names: Callable[[str], str]) -> None:
+    """kafka-python 3.0.12 fails an expired batch without making the transaction abortable (the Java client does,
+    KAFKA-5385; librdkafka too), so the commit goes through without it: a step must check every send before it
+    commits."""
+    kafka, proxy = proxied
+    topic, held = kafka.create(names("t")), kafka.create(names("held"))
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap, transactional_id=names("tx"), max_block_ms=30000,
+                             request_timeout_ms=1000, delivery_timeout_ms=1500, linger_ms=0)
+    try:
+        producer.init_transactions()
+        producer.begin_transaction()
+        producer.send(topic, b"kept").get(30)
+        proxy.hold(held)
+        with pytest.raises(KafkaTimeoutError):
+            producer.send(held, b"lost").get(30)
+        producer.commit_transaction()
+        assert [r.value for r in read_logs(kafka.bootstrap, topic)[0].visible()] == [b"kept"]
+        assert read_logs(kafka.bootstrap, held)[0].high_watermark == 0
+    finally:
+        producer.close(10)
