@@ -249,3 +249,34 @@ def test_kafka_python_commits_a_transaction_one_of_whose_records_expired(
         assert read_logs(kafka.bootstrap, held)[0].high_watermark == 0
     finally:
         producer.close(10)
+
+
+@pytest.mark.one_client
+def test_offsets_of_a_member_the_group_has_left_behind_are_committed(
+        kafka: Kafka, names: Callable[[str], str], transactional: Callable[[str, str], Transactional]) -> None:
+    """KIP-447 fences a zombie by its group metadata: Apache Kafka refuses a TxnOffsetCommit of an old generation
+    (ILLEGAL_GENERATION). Tansu takes it: a processor the group has replaced can still move the group's offsets."""
+    source, sink, group = kafka.create(names("in")), kafka.create(names("out")), names("g")
+    kafka.produce(source, [b"a"])
+
+    def member() -> Any:
+        consumer = confluent_kafka.Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": group,
+                                             "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                                             "session.timeout.ms": 6000, "heartbeat.interval.ms": 2000})
+        consumer.subscribe([source])
+        wait_for(lambda: (consumer.poll(0.2), consumer.assignment())[1], 30, "a group join")
+        return consumer
+
+    zombie = member()
+    stale = zombie.consumer_group_metadata()
+    zombie.close()
+    successor = member()
+    try:
+        producer = transactional("librdkafka", names("tx"))
+        producer.producer.begin_transaction()
+        producer.send(sink, b"out")
+        producer.producer.send_offsets_to_transaction([confluent_kafka.TopicPartition(source, 0, 1)], stale, 30)
+        producer.commit()
+        assert kafka.committed(group) == {0: 1}
+    finally:
+        successor.close()
