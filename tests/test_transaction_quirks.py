@@ -105,14 +105,14 @@ def test_a_transaction_of_offsets_alone_commits_them_only_as_the_producers_first
 
 def fenced_in_a_transaction(first: Transactional, topic: str) -> None:
     """The first producer's next record, once a second took its id while its transaction was open."""
-    if first.client == "kafka-python":  # fatal at once, as on Apache Kafka
+    if first.client == "kafka-python":  # fatal at once
         with pytest.raises(ProducerFencedError):
             first.send(topic, b"late")
         with pytest.raises(KafkaError, match="ProducerFenced"):
             first.commit()
         return
-    # librdkafka: PRODUCER_FENCED on a record is an abortable error (KIP-588); Tansu answers the abort's EndTxn,
-    # of a stale epoch, by closing the connection, so librdkafka retries it for ever instead of failing fatally
+    # librdkafka takes PRODUCER_FENCED on a record as an abortable error; Tansu answers the abort's EndTxn, of a
+    # stale epoch, by closing the connection (Apache Kafka: PRODUCER_FENCED), so librdkafka retries it for ever
     first.fenced = True
     reports: list[Any] = []
     first.producer.produce(topic, b"late", on_delivery=lambda error, _: reports.append(error))
