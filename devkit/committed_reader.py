@@ -198,9 +198,9 @@ def read_logs(bootstrap: str, topic: str, timeout: float = 30) -> dict[int, Part
     """Every partition of ``topic`` read to its high watermark, the markers applied (waits for the topic)."""
     deadline = time.monotonic() + timeout
     host, _, port = bootstrap.split(",")[0].rpartition(":")
-    brokers: dict[tuple[str, int], Connection] = {}
+    first = Connection(host, int(port))
+    brokers = {(host, int(port)): first}
     try:
-        first = brokers.setdefault((host, int(port)), Connection(host, int(port)))
         nodes, leaders = wait_for(lambda: _leaders(first, topic), timeout, f"topic {topic}")
         logs = {}
         for partition, leader in sorted(leaders.items()):
@@ -224,4 +224,4 @@ def read_committed(bootstrap: str, topic: str, count: int = 0, timeout: float = 
         records = [record for log in logs.values() for record in log.visible(upto)]
         if len(records) >= count or time.monotonic() > deadline:
             return records
-        time.sleep(0.05)
+        time.sleep(0.05)  # between reads, as wait_for polls
