@@ -20,7 +20,7 @@ from .bindings import PROPERTIES as BINDING_PROPERTIES
 from .metrics import PROPERTIES as METRICS_PROPERTIES
 from .metrics import Metrics, common_tags
 from .shutdown import StartInterruptedError
-from .transport import DEFAULT_BINDER
+from .transport import DEFAULT_BINDER, FatalError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ PASS_THROUGH = ("spring.cloud.stream.kafka.binder.configuration.<key>",
                 "spring.cloud.stream.kafka.binder.consumerProperties.<key>",
                 "spring.cloud.stream.kafka.binder.producerProperties.<key>",
                 "spring.cloud.stream.kafka.bindings.<binding>.consumer.configuration.<key>",
-                "spring.cloud.stream.kafka.bindings.<binding>.producer.configuration.<key>")
+                "spring.cloud.stream.kafka.bindings.<binding>.producer.configuration.<key>",
+                "spring.cloud.stream.kafka.binder.transaction.producer.configuration.<key>")
 
 # Makes the app's Binder from its properties, its options' values and its metrics.
 Create = Callable[[Properties, dict[str, Any], Metrics], Binder]
@@ -76,6 +77,9 @@ def serve(create: Create, options: Mapping[str, Property], app_type: str) -> Non
     except binder.client.Error as error:
         log.error("Broker error at %s (property '%s'): %s", ",".join(binder.servers),
                   binder.client.servers_property, error)
+        sys.exit(1)
+    except FatalError as error:
+        log.error("Stopping: %s", error)
         sys.exit(1)
     finally:
         binder.state = "stopped" if binder.stop.is_set() else "failed"

@@ -19,10 +19,10 @@ from typing import Any
 
 from . import kafka_lag
 from .arguments import ConfigError, Properties
+from .assignment import assigned, names, static_assignment
 from .batches import BatchMode
 from .bindings import (
     INSTANCE_COUNT,
-    INSTANCE_INDEX,
     InputBinding,
     OutputBinding,
     input_properties,
@@ -39,7 +39,8 @@ from .settle import INPUT, Delivery, RewindError, Settlement, where
 from .shutdown import Shutdown, StartInterruptedError
 from .stalls import TP, Stalls
 from .straight import Sent, StraightPass
-from .transport import Consumer, Producer, open_client
+from .transactions import RecoverError, RollbackError, Transactions, transactional_id
+from .transport import Consumer, FatalError, Producer, TransactionalProducer, open_client
 from .values import ConversionError, outgoing
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ class Binder:
         self.servers = self.client.servers
         self.brokers = BrokerCheck(self.servers)
         self.lag = kafka_lag.prepare(properties, self.client, self.source)  # the Kafka binder's lag gauge
+        self.transactional_id = transactional_id(properties, self.client, outputs)  # None: no transactions
+        self.transactional: TransactionalProducer | None = None  # with an id: every output's and dead letter's
         self.consumer: Consumer | None = None
         self.producers: dict[str, Producer] = {}
         self.partition_counts: dict[str, int] = {}
@@ -118,7 +121,7 @@ class Binder:
             f"{INSTANCE_COUNT.name}' x '{input_properties()['concurrency'].name}")
         self._open_outputs({d: (needed, asked_by) for d in source.destinations})
         if source.dlq:
-            self.producers["dlq"] = dlq = self.client.dead_letters(source)
+            self.producers["dlq"] = dlq = self.client.dead_letters(source, self.transactional)
             provision(self.properties, self.client,
                       {source.dlq_topic(d): (dlq.partition_count(d), None) for d in source.destinations})
         self.consumer, start = self.client.consumer(source)
@@ -126,14 +129,18 @@ class Binder:
         if self.lag is not None:
             self.lag.start(self.metrics.registry)
         self.stalls.pause = self.consumer.pause
-        self.settle = Settlement(self.client, self.consumer, self.producers, source, self.metrics, self.stalls,
-                                 self.shutdown, self.budget)
+        if self.transactional is not None:
+            self.settle = Transactions(self.client, self.consumer, self.transactional, self.producers, source,
+                                       self.metrics, self.stalls, self.shutdown, self.budget, self.attempts)
+        else:
+            self.settle = Settlement(self.client, self.consumer, self.producers, source, self.metrics, self.stalls,
+                                     self.shutdown, self.budget)
         self.straight = StraightPass(self.handler, self.single, source, self.outputs, self.producers,
                                      self.client.null_header, self.sends)
         if source.auto_rebalance:
-            self.consumer.subscribe(source.destinations, _assigned, self.forget)
+            self.consumer.subscribe(source.destinations, assigned, self.forget)
         else:
-            self.consumer.assign(self._static_assignment())
+            self.consumer.assign(static_assignment(self.properties, source, self.consumer))
         origin = f"(from {source.group_from})" if source.group_from else "(no group set: anonymous)"
         log.info("Consuming %s as group '%s' %s starting at %s with %s; producing to %s",
                  ",".join(source.destinations), source.group, origin, start, self.client.name,
@@ -143,24 +150,18 @@ class Binder:
         """Provision ``topics`` and the outputs' topics; a producer per output binding."""
         topics.update({o.destination: (o.partition_count, _count_property(o)) for o in self.outputs.values()})
         provision(self.properties, self.client, topics)
+        if self.transactional_id is not None:  # one producer for every output and the dead letters
+            self.transactional = self.client.transactional(
+                self.transactional_id, self.source if self.source is not None and self.source.dlq else None)
+            log.info("Transactions: a batch's sends and offsets commit together, transactional.id '%s'",
+                     self.transactional_id)
         for output in self.outputs.values():
-            self.producers[output.name] = producer = self.client.producer(output.name)
+            self.producers[output.name] = producer = self.transactional or self.client.producer(output.name)
             found = producer.partition_count(output.destination)
             if found < output.partition_count:  # as Spring: the topic must have what partitionCount asks
                 raise ConfigError(too_few_partitions(output.destination, output.partition_count, found,
                                                      _count_property(output)))
             self.partition_counts[output.destination] = found
-
-    def _static_assignment(self) -> list[TP]:
-        index, count = self.properties.get(INSTANCE_INDEX), self.properties.get(INSTANCE_COUNT)
-        if not 0 <= index < count:
-            raise ConfigError(f"Property '{INSTANCE_INDEX.name}' ({index}) must be below "
-                              f"'{INSTANCE_COUNT.name}' ({count})")
-        assert self.consumer is not None
-        chosen = [(topic, p) for topic in self.source.destinations
-                  for p in sorted(self.consumer.partitions(topic)) if p % count == index]
-        log.info("Static assignment (instance %d of %d): %s", index, count, _names(chosen))
-        return chosen
 
     # -- loop -----------------------------------------------------------------------------------
     def run(self) -> None:
@@ -198,8 +199,7 @@ class Binder:
         if handled > settle.given_up:  # the input channel's sends that returned (Micrometer's timer)
             self.channels.send(INPUT, handled - settle.given_up, time.perf_counter() - clock)
         self.sends.publish()
-        held, refused = settle.complete(done, self.until + self.budget / 2,
-                                        (lambda: self.straight.deliveries(runs)) if runs else None)
+        held, refused = settle.complete(done, self.until + self.budget / 2, runs)
         for tp, (offset, error) in refused.items():
             rewinds[tp] = min(rewinds.get(tp, (offset, error)), (offset, error), key=lambda r: r[0])
         settle.advance({tp: batch[tp] for tp in partitions}, held, rewinds)
@@ -227,6 +227,15 @@ class Binder:
                     deliveries.append(self.deliver(record))
             except RewindError as rewind:
                 rewinds[tp] = (rewind.offset, rewind.error)
+            except RollbackError as rollback:  # transactional: the batch aborts and comes again
+                self.settle.rollback = rollback
+                break
+            except RecoverError as recover:  # transactional: the batch ends at a record to dead-letter on its own
+                self.settle.recovering, self.settle.given_up = recover, self.settle.given_up + 1
+                handled += 1
+                rewinds[tp] = (recover.record.offset, None)
+                rewinds.update({later: (batch[later][0].offset, None) for later in partitions[index + 1:]})
+                break
             except _InterruptedError as interrupted:  # SIGTERM, or the poll interval is running out
                 rewinds[tp] = (interrupted.offset, None)
                 rewinds.update({later: (batch[later][0].offset, None) for later in partitions[index + 1:]})
@@ -246,7 +255,9 @@ class Binder:
         if record.value is None and self.tombstones is None:
             return settle.give_up(record, TombstoneError("a tombstone (null value): this app has no output for it"),
                                   attempts=0)
-        made, not_before = self.attempts.pop(_key(record), (0, 0.0)) if self.attempts else (0, 0.0)
+        made, not_before, *given_up = self.attempts.pop(_key(record), (0, 0.0)) if self.attempts else (0, 0.0)
+        if given_up:  # its send failed for its own sake in an aborted transaction
+            return settle.give_up(record, given_up[0], attempts=made, counted=True)
         for attempt in range(made + 1, self.source.max_attempts + 1):
             if not_before and (pause := not_before - time.monotonic()) > 0 and not self.wait_out(pause):
                 self.attempts[_key(record)] = (attempt - 1, not_before)  # the next batch goes on from here
@@ -266,6 +277,9 @@ class Binder:
                 not_before = time.monotonic() + delay
                 log.debug("Record %s failed (attempt %d): %s; retrying in %.1f s", where(record), attempt,
                           error, delay)
+                if self.transactional_id is not None:  # Spring's after-rollback retries: the batch comes again
+                    self.attempts[_key(record)] = (attempt, not_before)
+                    raise RollbackError(record, error)
                 continue
             if prepared is None:  # nothing to send: a sink, or a record the function filtered
                 return Delivery(record)
@@ -299,6 +313,8 @@ class Binder:
 
     def _refused(self, record: Any, attempt: int, output: OutputBinding, error: Exception) -> Delivery:
         """The client refused a send at once: about the record, it is given up; else its partition rewinds."""
+        if isinstance(error, FatalError):  # the transaction's producer cannot go on
+            raise error
         self.channels.send(output.name, 1, 0.0, error)
         self.channels.send(INPUT, 1, 0.0, error)
         if self.client.about_the_record(error):
@@ -348,13 +364,14 @@ class Binder:
         """Partitions revoked: their new owner starts from the committed offsets (offsets are committed
         before every poll, so nothing else needs doing)."""
         if partitions:
-            log.info("Partitions revoked: %s", _names(partitions))
+            log.info("Partitions revoked: %s", names(partitions))
         self.stalls.forget(partitions)
         if self.consumer is not None:
             for tp in partitions:
                 self.consumer.damaged.pop(tp, None)
         gone = set(partitions)
-        self.attempts = {where: made for where, made in self.attempts.items() if where[:2] not in gone}
+        for key in [key for key in self.attempts if key[:2] in gone]:  # in place: the settlement holds it too
+            del self.attempts[key]
 
     # -- stop -----------------------------------------------------------------------------------
     def request_stop(self, signum: int, _frame: Any) -> None:
@@ -370,7 +387,7 @@ class Binder:
             self.lag.stop()
         if self.consumer is not None:
             self.consumer.close(self.shutdown.close_seconds())
-        for producer in self.producers.values():
+        for producer in [self.transactional] if self.transactional else self.producers.values():
             producer.close(self.shutdown.close_seconds())
 
 
@@ -383,14 +400,6 @@ def __getattr__(name: str) -> Any:
     warnings.warn(f"'from util.binder import {name}' is deprecated: use 'from util import {name}'",
                   DeprecationWarning, stacklevel=2)
     return getattr(importlib.import_module(".steps", __package__), name)
-
-
-def _assigned(partitions: list[TP]) -> None:
-    log.info("Partitions assigned: %s", _names(partitions) or "none")
-
-
-def _names(partitions: Sequence[TP]) -> str:
-    return ", ".join(f"{topic}-{partition}" for topic, partition in sorted(partitions))
 
 
 def _key(record: Any) -> tuple[str, int, int]:

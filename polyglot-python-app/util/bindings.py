@@ -81,6 +81,9 @@ def input_properties(group_fallback: Property | None = None, binding: str = "inp
                                        choices=("earliest", "latest")),
         "auto_rebalance": _kafka_binding(binding, "consumer.autoRebalanceEnabled", bool, True,
                                          "false: fixed partitions from instanceIndex/instanceCount."),
+        "commit_recovered": _kafka_binding(binding, "consumer.txCommitRecovered", bool, True,
+                                           "With transactions: a dead-lettered record's offset commits in its "
+                                           "copy's transaction.", binder="kafka"),
     }
 
 
@@ -114,6 +117,7 @@ class InputBinding:
     headers: bool
     concurrency: int
     batch_mode: bool = False
+    commit_recovered: bool = True
 
     def dlq_topic(self, destination: str) -> str:
         return self.dlq_name or f"error.{destination}.{self.group}"
@@ -161,6 +165,7 @@ def resolve_input(properties: Properties, group_fallback: Property | None = None
         headers=p["header_mode"] == "headers",
         concurrency=p["concurrency"],
         batch_mode=p["batch_mode"],
+        commit_recovered=p["commit_recovered"],
     )
 
 

@@ -12,6 +12,7 @@ import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from .arguments import ConfigError, Properties, Property
 from .bindings import BINDER, InputBinding
@@ -27,7 +28,12 @@ REQUIRED_ACKS = Property(f"{BINDER}.requiredAcks", str, "1", "Producer acks: 0, 
 CLIENT = Property(f"{BINDER}.client", str, "librdkafka",
                   "Kafka client: librdkafka (confluent-kafka, fast) or kafka-python (pure Python).",
                   choices=("librdkafka", "kafka-python"))
-PROPERTIES = (BROKERS, DEFAULT_BROKER_PORT, REQUIRED_ACKS, CLIENT)
+TRANSACTION_ID_PREFIX = Property(
+    f"{BINDER}.transaction.transactionIdPrefix", str, None,
+    "Exactly-once: every producer binding is transactional, one transaction a polled batch with the input offsets; "
+    "transactional.id is this plus the instance's suffix (README: Exactly-once).", binder="kafka")
+TRANSACTION_PRODUCER = f"{BINDER}.transaction.producer"  # the transactional producer's own properties
+PROPERTIES = (BROKERS, DEFAULT_BROKER_PORT, REQUIRED_ACKS, CLIENT, TRANSACTION_ID_PREFIX)
 
 # Set by the binder itself: a user value would break its offset and group handling.
 MANAGED = frozenset({"group.id", "enable.auto.commit", "auto.commit.interval.ms", "key.deserializer",
@@ -62,9 +68,14 @@ def java_settings(properties: Properties, binding: str | None, role: str) -> dic
     """The Java client keys of a binding's consumer or producer (or the admin client), in the binder's order.
 
     ``binder.configuration`` < ``binder.consumerProperties``/``producerProperties`` <
-    ``bindings.<binding>.consumer.configuration`` (or ``producer``).
+    ``bindings.<binding>.consumer.configuration`` (or ``producer``). The ``transaction`` role (the transactional
+    producer) takes ``binder.transaction.producer.configuration`` last instead, as Spring's binder does.
     """
     kafka = properties.subtree(f"{BINDER}.configuration")
+    if role == "transaction":
+        kafka.update(properties.subtree(f"{BINDER}.producerProperties"))
+        kafka.update(properties.subtree(f"{TRANSACTION_PRODUCER}.configuration"))
+        return kafka
     if role != "admin":
         kafka.update(properties.subtree(f"{BINDER}.{role}Properties"))
     if binding:
@@ -82,9 +93,19 @@ def acks(value: str, name: str, secret: bool = True) -> str:
     raise ConfigError(f"Invalid value {shown(value.strip(), secret)} for property '{name}': expected 0, 1 or all")
 
 
-def required_acks(properties: Properties, kafka: Mapping[str, str]) -> str:
+def required_acks(properties: Properties, kafka: Mapping[str, str], role: str = "producer") -> str:
     """The producer's acks: a pass-through ``acks`` (not shown in an error: which source set it, a config tree or
-    not, is not known here) wins over ``...binder.requiredAcks``."""
+    not, is not known here) wins over ``...binder.requiredAcks``. A transactional producer needs ``all`` (the
+    binder's default 1 becomes all; 0 or 1 set is refused, as the Java client refuses it)."""
+    if role == "transaction":
+        given = acks(kafka["acks"], "acks") if "acks" in kafka else (
+            acks(properties.get(REQUIRED_ACKS), REQUIRED_ACKS.name, properties.secret(REQUIRED_ACKS))
+            if properties.raw(REQUIRED_ACKS.name) is not None else "all")
+        if given != "all":
+            named = "acks" if "acks" in kafka else REQUIRED_ACKS.name
+            raise ConfigError(f"Property '{named}' is {given}, but '{TRANSACTION_ID_PREFIX.name}' makes the producer "
+                              "transactional, which needs acks=all: set it to all or remove it")
+        return given
     if "acks" in kafka:
         return acks(kafka["acks"], "acks")
     return acks(properties.get(REQUIRED_ACKS), REQUIRED_ACKS.name, properties.secret(REQUIRED_ACKS))
@@ -158,6 +179,6 @@ class KafkaClient:
     def input(self, binding: InputBinding) -> InputBinding:
         return binding
 
-    def dead_letters(self, source: InputBinding) -> KafkaDeadLetters:
-        """The input binding's dead-letter sender, on a producer of its own."""
-        return KafkaDeadLetters(self.producer(None, carries=source), source, self.null_header)
+    def dead_letters(self, source: InputBinding, producer: Any = None) -> KafkaDeadLetters:
+        """The input binding's dead-letter sender, on a producer of its own (or on ``producer``, transactional)."""
+        return KafkaDeadLetters(producer or self.producer(None, carries=source), source, self.null_header)

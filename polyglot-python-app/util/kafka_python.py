@@ -1,7 +1,8 @@
-"""The kafka-python transport: the operations of ``transport.py`` on kafka-python, and its settings."""
+"""The kafka-python transport: the operations of ``transport.py`` on kafka-python (its settings are apart)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -11,20 +12,19 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata
 from kafka import TopicPartition as _TopicPartition
 from kafka.admin import NewPartitions, NewTopic
-from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
-from kafka.coordinator.assignors.range import RangePartitionAssignor
-from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from kafka.errors import (
     CommitFailedError,
     CorruptRecordError,
+    InvalidProducerEpochError,
     InvalidRecordError,
     InvalidTimestampError,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
+    ProducerFencedError,
     RecordListTooLargeError,
+    TransactionalIdAuthorizationFailedError,
     UnknownError,
     UnsupportedCodecError,
     UnsupportedForMessageFormatError,
@@ -33,7 +33,9 @@ from kafka.serializer import Serializer
 
 from . import kafka_config, kafka_records  # noqa: F401 - kafka_records mends kafka-python's record reading
 from .arguments import ConfigError, Properties
-from .bindings import InputBinding, start_offset
+from .bindings import InputBinding
+from .kafka_python_settings import client_settings, consumer_settings
+from .transport import AbortError, FatalError
 
 log = logging.getLogger(__name__)
 
@@ -42,33 +44,9 @@ NAME = "the kafka binder (kafka-python)"
 RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, CorruptRecordError, InvalidRecordError,
                  InvalidTimestampError, UnsupportedForMessageFormatError)
 SIZE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError)
+FENCED = (ProducerFencedError, InvalidProducerEpochError, TransactionalIdAuthorizationFailedError)
 NULL_HEADER = b""  # kafka-python writes no null header value: such a header is forwarded with an empty one
 TP = tuple[str, int]
-PRODUCER_DEFAULTS = {"linger_ms": 5, "batch_size": 128 << 10}
-_ASSIGNORS = {
-    "rangeassignor": RangePartitionAssignor,
-    "roundrobinassignor": RoundRobinPartitionAssignor,
-    "cooperativestickyassignor": CooperativeStickyAssignor,
-    "stickyassignor": StickyPartitionAssignor,
-}
-# Java-only keys that kafka-python cannot honour and whose silent omission would weaken security:
-# refused at start. The value each takes harmlessly (Java's default), if any, is let through.
-_WEAKENING = {
-    "ssl.enabled.protocols": (None, "kafka-python cannot restrict the TLS versions"),
-    "ssl.protocol": ("TLSv1.3", "kafka-python cannot restrict the TLS version"),
-    "ssl.cipher.suites": (None, "kafka-python cannot restrict the cipher suites by their Java names"),
-    "ssl.truststore.certificates": (None, "kafka-python reads trusted certificates from a file: put them in a PEM "
-                                          "file named by ssl.truststore.location"),
-    "ssl.keystore.certificate.chain": (None, "kafka-python reads its certificate from a file: put it in a PEM "
-                                             "file named by ssl.keystore.location"),
-    "ssl.keystore.key": (None, "kafka-python reads its key from a file: put it in the PEM file named by "
-                               "ssl.keystore.location"),
-    "ssl.trustmanager.algorithm": ("PKIX", "kafka-python verifies certificates with OpenSSL only"),
-    "sasl.login.callback.handler.class": (None, "kafka-python runs no Java login callback"),
-    "sasl.client.callback.handler.class": (None, "kafka-python runs no Java client callback"),
-}
-
-
 def about_the_record(error: BaseException) -> bool:
     """A send failure the record itself caused: the client refused it (any non-Kafka error) or the broker did."""
     return isinstance(error, RECORD_ERRORS) or not isinstance(error, KafkaError)
@@ -140,6 +118,70 @@ class Producer:
             log.info("Closed the producer with sends not acknowledged: their records were not committed")
 
 
+class TransactionalProducer(Producer):
+    """The app's one transactional producer: a batch's outputs and dead letters, and its offsets, in one transaction.
+
+    kafka-python's commit and abort wait without a bound: its transaction manager's results are waited for here,
+    each until a deadline."""
+
+    def __init__(self, settings: dict[str, Any], transactional_id: str) -> None:
+        super().__init__({**settings, "transactional_id": transactional_id, "enable_idempotence": True})
+        self.transactional_id = transactional_id
+        self._manager = self._producer._transaction_manager
+        self.open = False  # a transaction is open: something was sent since the last commit or abort
+        try:
+            self._producer.init_transactions()
+        except FENCED as error:
+            raise FatalError(f"transactional producer '{transactional_id}' cannot initialise: {error}") from None
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]] | None,
+             partition: int | None) -> Any:
+        if not self.open:  # a transaction begins with its first record: a batch that sends nothing has none
+            self._begin()
+        return super().send(topic, value, key, headers, partition)
+
+    def _begin(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except KafkaError as error:
+            raise FatalError(f"transactional producer '{self.transactional_id}' cannot begin a transaction: "
+                             f"{error}") from None
+        self.open = True
+
+    def commit(self, offsets: Mapping[TP, int], consumer: Any, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        try:
+            if offsets:
+                self._wait(self._manager.send_offsets_to_transaction(
+                    {_TopicPartition(*tp): OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()},
+                    consumer.group_metadata()), deadline)
+            self._wait(self._manager.begin_commit(), deadline)
+        except KafkaError as error:
+            if isinstance(error, FENCED) or self._manager.has_fatal_error():
+                raise FatalError(f"transactional producer '{self.transactional_id}' committing: {error}") from None
+            raise AbortError(str(error) or type(error).__name__) from None
+        self.open = False
+
+    def abort(self, seconds: float) -> None:
+        try:
+            self._wait(self._manager.begin_abort(), time.monotonic() + seconds)
+        except (KafkaError, AbortError) as error:
+            raise FatalError(f"transactional producer '{self.transactional_id}' could not abort its transaction "
+                             f"({error}): a restart of this instance aborts it") from None
+        self.open = False
+
+    def _wait(self, result: Any, deadline: float) -> None:
+        self._producer._sender.wakeup()
+        if not result.wait(timeout_ms=max(0.0, deadline - time.monotonic()) * 1000):
+            raise AbortError("the broker did not answer in time")
+
+    def close(self, seconds: float) -> None:
+        if self.open:
+            with contextlib.suppress(FatalError):  # closed all the same: a restart of the id aborts it
+                self.abort(seconds)
+        super().close(seconds)
+
+
 class Consumer:
     """The input binding's consumer: batches per partition, synchronous commits, seek, pause and resume."""
 
@@ -204,6 +246,9 @@ class Consumer:
     def close(self, seconds: float) -> None:
         self._consumer.close(autocommit=False, timeout_ms=int(seconds * 1000))
 
+    def group_metadata(self) -> Any:
+        return self._consumer.group_metadata()
+
 
 _PARTITION = re.compile(r"TopicPartition\(topic='(.*?)', partition=(\d+)\)")
 
@@ -237,10 +282,21 @@ class Client(kafka_config.KafkaClient):
         """
         settings = client_settings(self.properties, binding, "producer")
         if carries is not None:
-            fetchable = consumer_settings(self.properties, carries).get(
-                "fetch_max_bytes", KafkaConsumer.DEFAULT_CONFIG["fetch_max_bytes"])
-            settings["max_request_size"] = max(settings.get("max_request_size", 0), fetchable)
+            self._carry(settings, carries)
         return Producer(settings)
+
+    def _carry(self, settings: dict[str, Any], carries: InputBinding) -> None:
+        fetchable = consumer_settings(self.properties, carries).get(
+            "fetch_max_bytes", KafkaConsumer.DEFAULT_CONFIG["fetch_max_bytes"])
+        settings["max_request_size"] = max(settings.get("max_request_size", 0), fetchable)
+
+    def transactional(self, transactional_id: str, carries: InputBinding | None) -> TransactionalProducer:
+        """The app's transactional producer (``binder.transaction.producer.*``); with ``carries``, it sends that
+        input's dead letters too, as big as its consumer can fetch."""
+        settings = client_settings(self.properties, None, "transaction")
+        if carries is not None:
+            self._carry(settings, carries)
+        return TransactionalProducer(settings, transactional_id)
 
     def consumer(self, binding: InputBinding) -> tuple[Consumer, str]:
         """The input binding's consumer and the offset it starts at when its group has none."""
@@ -308,82 +364,3 @@ class _Admin:
 
     def __exit__(self, *_: object) -> None:
         self.admin.close()
-
-
-def consumer_settings(properties: Properties, binding: InputBinding) -> dict[str, Any]:
-    """kafka-python consumer arguments: pass-through settings, then the group rules the binder enforces."""
-    settings = client_settings(properties, "input", "consumer")
-    settings.update(auto_offset_reset=start_offset(properties, binding, settings.get("auto_offset_reset")),
-                    group_id=binding.group, enable_auto_commit=False)
-    return settings
-
-
-# -- settings -----------------------------------------------------------------------------------------
-def client_settings(properties: Properties, binding: str | None, role: str) -> dict[str, Any]:
-    """kafka-python arguments for a binding's consumer or producer (or the admin client)."""
-    kafka = kafka_config.java_settings(properties, binding, role)
-    settings: dict[str, Any] = {"bootstrap_servers": kafka_config.bootstrap_servers(properties)}
-    if role == "producer":
-        acks = kafka_config.required_acks(properties, kafka)
-        settings["acks"] = acks if acks == "all" else int(acks)
-        # Bigger batches, sent as they fill: the binder flushes at the end of every polled batch anyway,
-        # so linger never holds a record past it (measured: twice the throughput of 0 ms and 16 KiB).
-        settings.update(PRODUCER_DEFAULTS)
-    settings.update(translate(kafka, role))
-    if role == "producer":
-        # As the Java client: idempotence needs acks=all, so it is off with the binder's default acks=1.
-        settings.setdefault("enable_idempotence", settings["acks"] == "all")
-    return settings
-
-
-def translate(kafka: Mapping[str, str], role: str) -> dict[str, Any]:
-    """Java Kafka client keys to kafka-python arguments; an unknown key is a warning, never a crash."""
-    defaults = {"consumer": KafkaConsumer, "producer": KafkaProducer, "admin": KafkaAdminClient}[role].DEFAULT_CONFIG
-    settings: dict[str, Any] = {}
-    for key, value in kafka.items():
-        name = key.replace(".", "_")
-        if key == "sasl.jaas.config":
-            settings["sasl_plain_username"], settings["sasl_plain_password"] = kafka_config.jaas_credentials(value)
-        elif key in ("ssl.truststore.location", "ssl.keystore.location"):
-            settings["ssl_cafile" if "truststore" in key else "ssl_certfile"] = kafka_config.pem_file(key, value)
-        elif key == "ssl.key.password":
-            settings["ssl_password"] = value
-        elif key == "ssl.endpoint.identification.algorithm":
-            settings["ssl_check_hostname"] = value.strip().lower() == "https"
-        elif key in ("ssl.truststore.type", "ssl.keystore.type", "ssl.truststore.password", "ssl.keystore.password"):
-            continue  # PEM files need neither; the location check says when a store is not PEM
-        elif key == "bootstrap.servers":
-            settings["bootstrap_servers"] = [s.strip() for s in value.split(",") if s.strip()]
-        elif key == "acks":
-            continue  # read with the binder's requiredAcks
-        elif key == "partition.assignment.strategy":
-            settings["partition_assignment_strategy"] = _assignors(value)
-        elif kafka_config.withheld(key, value, _WEAKENING):
-            continue
-        elif name in defaults:
-            settings[name] = _typed(key, value, defaults[name])
-        else:
-            log.warning("Kafka property '%s' is not supported by kafka-python and is ignored", key)
-    return settings
-
-
-def _typed(key: str, value: str, default: Any) -> Any:
-    text = value.strip()
-    if isinstance(default, bool):
-        if text.lower() not in ("true", "false"):
-            raise ConfigError(f"Invalid value for Kafka property '{key}': expected true or false")
-        return text.lower() == "true"
-    if isinstance(default, (int, float)) or (default is None and text.lstrip("-").isdigit()):
-        return kafka_config.whole_number(key, text)
-    return text
-
-
-def _assignors(value: str) -> tuple[type, ...]:
-    chosen = []
-    for name in value.split(","):
-        simple = name.strip().rsplit(".", 1)[-1].lower()
-        if simple not in _ASSIGNORS:
-            raise ConfigError(f"Kafka property 'partition.assignment.strategy': '{name.strip()}' is not supported; "
-                              "use RangeAssignor, RoundRobinAssignor, StickyAssignor or CooperativeStickyAssignor")
-        chosen.append(_ASSIGNORS[simple])
-    return tuple(chosen)

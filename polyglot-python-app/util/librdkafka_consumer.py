@@ -144,6 +144,9 @@ class Consumer:
     def close(self, seconds: float) -> None:  # librdkafka's close takes no timeout: the watchdog bounds it
         self._consumer.close()
 
+    def group_metadata(self) -> Any:
+        return self._consumer.consumer_group_metadata()
+
 
 def _tps(partitions: list[TopicPartition]) -> list[TP]:
     return sorted((tp.topic, tp.partition) for tp in partitions)

@@ -70,8 +70,8 @@ def client_settings(properties: Properties, binding: str | None, role: str) -> d
     kafka = kafka_config.java_settings(properties, binding, role)
     settings: dict[str, Any] = {"bootstrap.servers": ",".join(kafka_config.bootstrap_servers(properties)),
                                 **CONNECTION_DEFAULTS}
-    if role == "producer":
-        settings.update(acks=kafka_config.required_acks(properties, kafka), **PRODUCER_DEFAULTS)
+    if role in ("producer", "transaction"):
+        settings.update(acks=kafka_config.required_acks(properties, kafka, role), **PRODUCER_DEFAULTS)
     elif role == "consumer":
         settings.update(CONSUMER_DEFAULTS)
     settings.update(translate(kafka))
@@ -79,7 +79,7 @@ def client_settings(properties: Properties, binding: str | None, role: str) -> d
         # librdkafka wants fetch.max.bytes >= message.max.bytes; like Java's, it still fetches a bigger record
         settings["message.max.bytes"] = min(1_000_000, kafka_config.whole_number("fetch.max.bytes",
                                                                                  settings["fetch.max.bytes"]))
-    if role == "producer":
+    if role in ("producer", "transaction"):
         # As the Java client: idempotence needs acks=all, so it is off with the binder's default acks=1.
         settings.setdefault("enable.idempotence", settings["acks"] == "all")
         settings["delivery.report.only.error"] = True

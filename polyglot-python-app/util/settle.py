@@ -23,6 +23,7 @@ from .stalls import TP, Stalls
 log = logging.getLogger(__name__)
 
 INPUT = "input"  # the input binding, and its channel's name in the metrics
+Runs = dict[TP, list[tuple[Any, Any]]]  # the straight pass's sends per partition: (record, its send's handle)
 
 
 class RewindError(Exception):
@@ -107,29 +108,29 @@ class Settlement:
         return copy
 
     # -- settling ---------------------------------------------------------------------------------
-    def complete(self, pending: dict[TP, list[Delivery]], until: float, straight: Callable[[], dict[
-            TP, list[Delivery]]] | None = None) -> tuple[dict[TP, list[Delivery]], dict[TP, tuple[int, Exception]]]:
+    def complete(self, pending: dict[TP, list[Delivery]], until: float, runs: Runs | None = None) -> tuple[
+            dict[TP, list[Delivery]], dict[TP, tuple[int, Exception]]]:
         """Flush and settle sends until nothing more can be sent now: ``(held, rewinds)``.
 
         Outputs the broker refused for the record's sake get their dead-letter copy; a copy refused for
         its size is sent again with only the stack trace's last line; copies still refused are ``held``.
         An output refused for any other reason rewinds its partition to it (later outputs are re-sent).
-        ``straight``: the deliveries of records sent without one, made only when some send needs reading.
+        ``runs``: the straight pass's sends, made Deliveries only when some send needs reading.
         """
         held: dict[TP, list[Delivery]] = {}
         rewinds: dict[TP, tuple[int, Exception]] = {}
-        while pending or straight is not None:
+        while pending or runs:
             flush(self.producers, until, self.shutdown)
             settled = [producer.settled() for producer in self.producers.values()]
             if all(settled) and not self.irregular:
                 break  # every send acknowledged, none refused: no handle needs reading
             self.irregular = False
-            if straight is not None:  # the straight pass's sends come before the per-record path's
-                made, straight = straight(), None
+            if runs:  # the straight pass's sends come before the per-record path's
+                made, runs = deliveries(runs), None
                 pending = {tp: made.get(tp, []) + pending.get(tp, []) for tp in {**made, **pending}}
             again: dict[TP, list[Delivery]] = {}
-            for tp, deliveries in pending.items():
-                self._settle(tp, deliveries, again, held, rewinds)
+            for tp, sends in pending.items():
+                self._settle(tp, sends, again, held, rewinds)
             pending = again
         return held, rewinds
 
@@ -207,6 +208,11 @@ class Settlement:
     def commit(self, offsets: dict[TP, int]) -> None:
         if offsets and (reason := self.consumer.commit(offsets)):
             log.warning("Offsets not committed (%s): the records will be redelivered", reason)
+
+
+def deliveries(runs: Runs) -> dict[TP, list[Delivery]]:
+    """The straight pass's sends as Deliveries: made only when a flush says some send failed."""
+    return {tp: [Delivery(record, handle) for record, handle in sends] for tp, sends in runs.items()}
 
 
 def where(record: Any) -> str:

@@ -4,7 +4,8 @@ As Spring's polled suppliers: ``spring.integration.poller.fixed-delay`` between 
 ``max-messages-per-poll`` calls a poll. Each poll's sends are flushed before the next; a send the
 broker refuses for its own state (authorisation, the topic, a timeout) is sent again with back-off,
 the function not called meanwhile, health DOWN; one refused for the message's own sake (too large) is
-logged and dropped, as nothing could ever send it.
+logged and dropped, as nothing could ever send it. With transactions, a poll's sends commit together; one
+failure aborts them all, and all but a dropped one are sent again.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import transactions
 from .arguments import ConfigError, Properties, Property
 from .binder import Binder
 from .bindings import OutputBinding
@@ -23,6 +25,7 @@ from .metrics import ERROR_CHANNEL, Metrics
 from .partitions import output_partition
 from .settle import describe, flush
 from .stalls import PAUSE_FIRST, PAUSE_LONGEST
+from .transport import AbortError
 from .values import outgoing
 
 log = logging.getLogger(__name__)
@@ -128,12 +131,33 @@ class Source(Binder):
             self.channels.send(output.name, 1, time.perf_counter() - clock)
         flush(self.producers, time.monotonic() + self.budget, self.shutdown)
         done = producer.settled()
+        failed = []
         for message, handle in sent:
             error = None if done else self.client.outcome(handle)
-            if error is not None and not self._drop(message, error):
-                again.append(message)
-        self.sends.counters[output.name].inc(len(sent) - len(again))
+            if error is not None:
+                failed.append(message)
+                if not self._drop(message, error):
+                    again.append(message)
+        acknowledged = len(sent) - len(failed)
+        if self.transactional is not None and self.transactional.open and not self._committed(failed):
+            kept = {id(message) for message in again}  # aborted: all go again but those dropped for their own sake
+            dropped = {id(message) for message in failed} - kept
+            again += [message for message, _ in sent if id(message) not in dropped | kept]
+            acknowledged = 0
+        self.sends.counters[output.name].inc(acknowledged)
         return again
+
+    def _committed(self, failed: list[Message]) -> bool:
+        """Transactional: the poll's sends committed; when one failed (or the commit did), aborted: False."""
+        transactional = self.transactional
+        if not failed:
+            try:
+                transactional.commit({}, None, transactions.seconds(self.shutdown))
+                return True
+            except AbortError as why:
+                self._refused = f"the transaction did not commit ({why})"
+        transactional.abort(transactions.seconds(self.shutdown))
+        return False
 
     def _drop(self, message: Message, error: BaseException, own: bool = False) -> bool:
         """True when a failure is the message's ``own`` (or the client says so): logged, dropped; else kept."""

@@ -5,7 +5,8 @@ transport (``librdkafka.py``, ``kafka_python.py``, ``rabbit.py``) creates topics
 dead-letter sender and the consumer, sends with a completion handle and flushes, commits, seeks and
 pauses, and says whether a failed send was about the record itself. Partitions are ``(topic, partition)``
 tuples; a record has ``topic``, ``partition``, ``offset``, ``key``, ``value``, ``headers``, ``timestamp``
-and ``timestamp_type`` (-1 none, 0 create time, 1 log-append time).
+and ``timestamp_type`` (-1 none, 0 create time, 1 log-append time). With a transaction id prefix, a Kafka
+client's one transactional producer takes every output and dead letter of a batch (``transactions.py``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,29 @@ class Producer(Protocol):
 
     def close(self, seconds: float) -> None:
         """Close, waiting at most ``seconds`` for what is still queued."""
+
+
+class AbortError(Exception):
+    """The transaction cannot commit (a send failed, the group rebalanced, no answer in time): abort it."""
+
+
+class FatalError(Exception):
+    """The client cannot go on: another instance took the transactional id (fenced), or the producer failed
+    for good. The app stops with a non-zero exit, and its platform starts it again."""
+
+
+class TransactionalProducer(Producer, Protocol):
+    """A producer whose first send begins a transaction, ended by ``commit`` or ``abort``."""
+
+    transactional_id: str
+    open: bool  # a transaction is open: something was sent since the last commit or abort
+
+    def commit(self, offsets: Mapping[TP, int], consumer: Any, seconds: float) -> None:
+        """Add ``offsets`` (the consumer's group's, with its group metadata) to the transaction and commit it.
+        AbortError when it cannot commit; FatalError when the producer cannot go on."""
+
+    def abort(self, seconds: float) -> None:
+        """Abort the open transaction; FatalError when it could not (a restart of the id aborts it)."""
 
 
 class DeadLetters(Protocol):
@@ -92,6 +116,9 @@ class Consumer(Protocol):
     def close(self, seconds: float) -> None:
         """Leave the group, waiting at most ``seconds`` where the client can bound it."""
 
+    def group_metadata(self) -> Any:
+        """What a transaction's offsets carry of the group (its id, generation and member)."""
+
 
 class Client(Protocol):
     name: str
@@ -116,7 +143,12 @@ class Client(Protocol):
 
     def producer(self, binding: str | None, carries: InputBinding | None = None) -> Producer: ...
 
-    def dead_letters(self, source: InputBinding) -> DeadLetters: ...
+    def dead_letters(self, source: InputBinding, producer: Producer | None = None) -> DeadLetters:
+        """The input binding's dead-letter sender; on ``producer`` (the transactional one) when given."""
+
+    def transactional(self, transactional_id: str, carries: InputBinding | None) -> TransactionalProducer:
+        """The app's transactional producer, its transactions initialised; ``carries``: the input whose dead
+        letters it sends too."""
 
     def consumer(self, binding: InputBinding) -> tuple[Consumer, str]: ...
 

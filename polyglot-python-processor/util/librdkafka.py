@@ -1,4 +1,4 @@
-"""The librdkafka transport (confluent-kafka): its client and producer (its consumer and settings are apart).
+"""The librdkafka transport (confluent-kafka): its client and producers (its consumer and settings are apart).
 
 Sends report only failures (``delivery.report.only.error``): a flush that leaves nothing queued
 acknowledges every send before it that no callback failed, so no handle is read unless one failed.
@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Producer as _Producer
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
@@ -20,16 +20,22 @@ from .arguments import Properties
 from .bindings import InputBinding
 from .librdkafka_consumer import MAX_POLL_RECORDS, Consumer, LagOffsets
 from .librdkafka_settings import client_settings, consumer_settings, create, metadata, partitions
+from .transport import AbortError, FatalError
 
 log = logging.getLogger(__name__)
 
 NAME = "the kafka binder (librdkafka)"
+TRANSACTION_SECONDS = 30.0  # the longest a transaction call (begin, offsets, commit, abort) may wait for the broker
 # Refusals about the record itself: it takes its error path. Any other failure of a send is the broker's.
 RECORD_CODES = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG,
                           KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_RECORD, KafkaError.INVALID_TIMESTAMP,
                           KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT, KafkaError._BAD_MSG,
                           KafkaError._VALUE_SERIALIZATION, KafkaError._KEY_SERIALIZATION})
 SIZE_CODES = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+# A transactional producer that met these cannot go on: another instance took its id, or it may not use it.
+FENCED_CODES = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+                          KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED})
+STEP = 0.5  # s: a blocking transaction call waits this long at a time, so that a signal is handled between waits
 
 
 def about_the_record(error: BaseException) -> bool:
@@ -149,6 +155,84 @@ class Producer:
         self._producer.flush(seconds)
 
 
+class TransactionalProducer(Producer):
+    """The app's one transactional producer: a batch's outputs and dead letters, and its offsets, in one transaction.
+
+    librdkafka's transaction calls block: each waits in short steps (a retriable timeout is asked again) until
+    its deadline. A producer fenced, or failed for good, is never closed: librdkafka's close would retry its
+    abort for ever (Tansu drops a fenced epoch's EndTxn); it is left to be freed.
+    """
+
+    def __init__(self, settings: dict[str, Any], transactional_id: str, seconds: float) -> None:
+        super().__init__({**settings, "transactional.id": transactional_id})
+        self.transactional_id = transactional_id
+        self.failed: str | None = None  # why it cannot go on
+        self.open = False  # a transaction is open: something was sent since the last commit or abort
+        self._call(self._producer.init_transactions, seconds, "initialising transactions")
+
+    def _call(self, call: Callable[..., Any], seconds: float, what: str, *args: Any) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                call(*args, min(STEP, max(0.1, deadline - time.monotonic())))
+                return
+            except KafkaException as failure:
+                error: KafkaError = failure.args[0]
+                if error.fatal() or error.code() in FENCED_CODES:
+                    self.failed = f"{what}: {error.str()}"
+                    raise FatalError(f"transactional producer '{self.transactional_id}' {what}: {error.str()}"
+                                     ) from None
+                if not error.retriable() or time.monotonic() >= deadline or error.txn_requires_abort():
+                    raise
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None, headers: Any, partition: int | None) -> _Sent:
+        if not self.open:  # a transaction begins with its first record: a batch that sends nothing has none
+            self._begin()
+        return super().send(topic, value, key, headers, partition)
+
+    def quick(self, topic: str, value: bytes | None, headers: Any) -> _Sent:
+        if not self.open:
+            self._begin()
+        return super().quick(topic, value, headers)
+
+    def _begin(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as failure:
+            raise FatalError(f"transactional producer '{self.transactional_id}' cannot begin a transaction: "
+                             f"{failure.args[0].str()}") from None
+        self.open = True
+
+    def commit(self, offsets: Mapping[tuple[str, int], int], consumer: Any, seconds: float) -> None:
+        try:
+            if offsets:
+                sent = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
+                self._call(self._producer.send_offsets_to_transaction, seconds, "sending offsets", sent,
+                           consumer.group_metadata())
+            self._call(self._producer.commit_transaction, seconds, "committing")
+        except KafkaException as failure:
+            raise AbortError(failure.args[0].str()) from None
+        self.open = False
+
+    def abort(self, seconds: float) -> None:
+        try:
+            self._call(self._producer.abort_transaction, seconds, "aborting")
+        except KafkaException as failure:
+            self.failed = f"aborting: {failure.args[0].str()}"
+            raise FatalError(f"transactional producer '{self.transactional_id}' could not abort its transaction "
+                             f"({failure.args[0].str()}): a restart of this instance aborts it") from None
+        self.open = False
+
+    def close(self, seconds: float) -> None:
+        if self.failed is None and self.open:
+            try:
+                self.abort(seconds)
+            except FatalError:
+                return
+        if self.failed is None:
+            super().close(seconds)
+
+
 class Client(kafka_config.KafkaClient):
     """librdkafka clients configured from the binder's properties."""
 
@@ -171,11 +255,24 @@ class Client(kafka_config.KafkaClient):
         """
         settings = client_settings(self.properties, binding, "producer")
         if carries is not None:
-            fetchable = kafka_config.whole_number("fetch.max.bytes", str(
-                consumer_settings(self.properties, carries).get("fetch.max.bytes", 52_428_800)))
-            given = kafka_config.whole_number("max.request.size", str(settings.get("message.max.bytes", 0)))
-            settings["message.max.bytes"] = max(given, fetchable)
+            self._carry(settings, carries)
         return Producer(settings)
+
+    def _carry(self, settings: dict[str, Any], carries: InputBinding) -> None:
+        """A dead-lettered record is as big as the input topic let it be: the producer sends any it can fetch."""
+        fetchable = kafka_config.whole_number("fetch.max.bytes", str(
+            consumer_settings(self.properties, carries).get("fetch.max.bytes", 52_428_800)))
+        given = kafka_config.whole_number("max.request.size", str(settings.get("message.max.bytes", 0)))
+        settings["message.max.bytes"] = max(given, fetchable)
+
+    def transactional(self, transactional_id: str, carries: InputBinding | None) -> TransactionalProducer:
+        """The app's transactional producer (``binder.transaction.producer.*``); with ``carries``, it sends that
+        input's dead letters too, as big as its consumer can fetch."""
+        settings = client_settings(self.properties, None, "transaction")
+        if carries is not None:
+            self._carry(settings, carries)
+        settings["enable.idempotence"] = True
+        return TransactionalProducer(settings, transactional_id, TRANSACTION_SECONDS)
 
     def consumer(self, binding: InputBinding) -> tuple[Consumer, str]:
         """The input binding's consumer and the offset it starts at when its group has none."""

@@ -18,8 +18,6 @@ from .bindings import InputBinding, OutputBinding
 from .headers import inbound_content_type, outbound_headers
 from .message import Handler, Message, build
 from .metrics import BatchSends
-from .settle import Delivery
-from .stalls import TP
 from .values import outgoing
 
 Sent = tuple[Any, Any]  # a straight send: the record and its send's handle
@@ -87,8 +85,3 @@ class StraightPass:
             sent.append((record, handle))
             count[name] = sent_before + 1
         return len(records), None
-
-    @staticmethod
-    def deliveries(runs: dict[TP, list[Sent]]) -> dict[TP, list[Delivery]]:
-        """The pass's sends as Deliveries: made only when a flush says some send failed."""
-        return {tp: [Delivery(record, handle) for record, handle in sends] for tp, sends in runs.items()}
