@@ -17,10 +17,11 @@ from .arguments import CONFIG_PROPERTIES, ConfigError, Properties, Property
 from .binder import Binder
 from .bindings import APP_LABEL, STREAM_NAME, input_properties, output_properties
 from .bindings import PROPERTIES as BINDING_PROPERTIES
+from .client_errors import FatalError
 from .metrics import PROPERTIES as METRICS_PROPERTIES
 from .metrics import Metrics, common_tags
 from .shutdown import StartInterruptedError
-from .transport import DEFAULT_BINDER, FatalError
+from .transport import DEFAULT_BINDER
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ from .bindings import (
     too_few_partitions,
 )
 from .broker_check import BrokerCheck
+from .client_errors import FatalError
 from .headers import UnreadableRecordError, inbound_content_type, outbound_headers
 from .message import Handler, Message, build
 from .metrics import BatchSends, Metrics
@@ -40,7 +41,7 @@ from .shutdown import Shutdown, StartInterruptedError
 from .stalls import TP, Stalls
 from .straight import Sent, StraightPass
 from .transactions import RecoverError, RollbackError, Transactions, transactional_id
-from .transport import Consumer, FatalError, Producer, TransactionalProducer, open_client
+from .transport import Consumer, Producer, TransactionalProducer, open_client
 from .values import ConversionError, outgoing
 
 log = logging.getLogger(__name__)

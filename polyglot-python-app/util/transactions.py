@@ -22,12 +22,13 @@ from typing import Any
 
 from .arguments import ConfigError, Properties
 from .bindings import INSTANCE_COUNT, INSTANCE_INDEX, InputBinding
+from .client_errors import AbortError
 from .kafka_config import TRANSACTION_ID_PREFIX
 from .metrics import Metrics
 from .settle import Delivery, Settlement, deliveries, describe, flush, where
 from .shutdown import Shutdown
 from .stalls import TP, Stalls
-from .transport import AbortError, TransactionalProducer
+from .transport import TransactionalProducer
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from kafka.serializer import Serializer
 from . import kafka_config, kafka_records  # noqa: F401 - kafka_records mends kafka-python's record reading
 from .arguments import ConfigError, Properties
 from .bindings import InputBinding
+from .client_errors import AbortError, FatalError
 from .kafka_python_settings import client_settings, consumer_settings
-from .transport import AbortError, FatalError
 
 log = logging.getLogger(__name__)
 

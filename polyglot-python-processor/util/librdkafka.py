@@ -18,9 +18,9 @@ from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 from . import kafka_config
 from .arguments import Properties
 from .bindings import InputBinding
+from .client_errors import AbortError, FatalError
 from .librdkafka_consumer import MAX_POLL_RECORDS, Consumer, LagOffsets
 from .librdkafka_settings import client_settings, consumer_settings, create, metadata, partitions
-from .transport import AbortError, FatalError
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from . import transactions
 from .arguments import ConfigError, Properties, Property
 from .binder import Binder
 from .bindings import OutputBinding
+from .client_errors import AbortError
 from .headers import outbound_headers
 from .message import Message
 from .metrics import ERROR_CHANNEL, Metrics
 from .partitions import output_partition
 from .settle import describe, flush
 from .stalls import PAUSE_FIRST, PAUSE_LONGEST
-from .transport import AbortError
 from .values import outgoing
 
 log = logging.getLogger(__name__)

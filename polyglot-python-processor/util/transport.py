@@ -48,15 +48,6 @@ class Producer(Protocol):
         """Close, waiting at most ``seconds`` for what is still queued."""
 
 
-class AbortError(Exception):
-    """The transaction cannot commit (a send failed, the group rebalanced, no answer in time): abort it."""
-
-
-class FatalError(Exception):
-    """The client cannot go on: another instance took the transactional id (fenced), or the producer failed
-    for good. The app stops with a non-zero exit, and its platform starts it again."""
-
-
 class TransactionalProducer(Producer, Protocol):
     """A producer whose first send begins a transaction, ended by ``commit`` or ``abort``."""
 
@@ -65,7 +56,7 @@ class TransactionalProducer(Producer, Protocol):
 
     def commit(self, offsets: Mapping[TP, int], consumer: Any, seconds: float) -> None:
         """Add ``offsets`` (the consumer's group's, with its group metadata) to the transaction and commit it.
-        AbortError when it cannot commit; FatalError when the producer cannot go on."""
+        AbortError when it cannot commit; FatalError when the producer cannot go on (``client_errors.py``)."""
 
     def abort(self, seconds: float) -> None:
         """Abort the open transaction; FatalError when it could not (a restart of the id aborts it)."""
