@@ -7,10 +7,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
+from test_stream_apps import expected, sinks_for
+
 from conftest import Kafka
 from devkit.committed_reader import read_committed, read_logs
 from devkit.waiting import wait_for
-from test_stream_apps import expected, sinks_for
 
 PREFIX = "--spring.cloud.stream.kafka.binder.transaction.transactionIdPrefix="
 StartStreamApp = Callable[..., object]
