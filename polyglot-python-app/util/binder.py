@@ -233,7 +233,7 @@ class Binder:
                 break
             except RecoverError as recover:  # transactional: the batch ends at a record to dead-letter on its own
                 self.settle.recovering, self.settle.given_up = recover, self.settle.given_up + 1
-                handled += 1
+                deliveries.append(Delivery(recover.record))  # counted as received; its copy is sent after
                 rewinds[tp] = (recover.record.offset, None)
                 rewinds.update({later: (batch[later][0].offset, None) for later in partitions[index + 1:]})
                 break
@@ -278,7 +278,7 @@ class Binder:
                 not_before = time.monotonic() + delay
                 log.debug("Record %s failed (attempt %d): %s; retrying in %.1f s", where(record), attempt,
                           error, delay)
-                if self.transactional_id is not None:  # Spring's after-rollback retries: the batch comes again
+                if self.transactional_id is not None and self.batches is None:  # after-rollback retries, as Spring
                     self.attempts[_key(record)] = (attempt, not_before)
                     raise RollbackError(record, error)
                 continue

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .client_errors import FatalError
 from .metrics import ERROR_CHANNEL, Metrics
 from .shutdown import Shutdown
 from .stalls import TP, Stalls
@@ -103,6 +104,8 @@ class Settlement:
         self.irregular = True
         try:
             copy.future, copy.trace = self.producers["dlq"].send(record, cause, trace)
+        except FatalError:  # the transaction's producer cannot go on
+            raise
         except Exception as error:  # noqa: BLE001 - a refused copy holds its partition, never ends the loop
             copy.refused = error
         return copy

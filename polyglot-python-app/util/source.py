@@ -19,7 +19,7 @@ from . import transactions
 from .arguments import ConfigError, Properties, Property
 from .binder import Binder
 from .bindings import OutputBinding
-from .client_errors import AbortError
+from .client_errors import AbortError, FatalError
 from .headers import outbound_headers
 from .message import Message
 from .metrics import ERROR_CHANNEL, Metrics
@@ -123,6 +123,8 @@ class Source(Binder):
                 continue
             try:
                 sent.append((message, producer.send(output.destination, message.payload, None, headers, partition)))
+            except FatalError:  # the transaction's producer cannot go on
+                raise
             except Exception as error:  # noqa: BLE001 - the message's fault or the broker's: never ends the loop
                 self.channels.send(output.name, 1, time.perf_counter() - clock, error)
                 if not self._drop(message, error):

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .arguments import ConfigError, Properties
-from .bindings import INSTANCE_COUNT, INSTANCE_INDEX, InputBinding
+from .bindings import INSTANCE_INDEX, InputBinding
 from .client_errors import AbortError
 from .kafka_config import TRANSACTION_ID_PREFIX
 from .metrics import Metrics
@@ -76,13 +76,11 @@ def transactional_id(properties: Properties, client: Any, outputs: Mapping[str, 
 
 def suffix(properties: Properties) -> str:
     """Unique to this instance, and the same when it starts again (so that it fences its own last life and aborts
-    the transaction that life left open): the instance index where the platform sets it (Data Flow does for the
-    local deployer and for partitioned apps), 0 for the only instance, else the host name (the pod's, which a
-    restarted container keeps)."""
+    the transaction that life left open): the instance index where the platform sets it (Data Flow's local
+    deployer, and partitioned apps on Kubernetes), else the host name: a pod's own, which its restarted
+    container keeps (an instance count is no help: Kubernetes gives a Deployment's pods no index)."""
     if properties.raw(INSTANCE_INDEX.name, *INSTANCE_INDEX.aliases) is not None:
         return str(properties.get(INSTANCE_INDEX))
-    if properties.get(INSTANCE_COUNT) == 1:
-        return "0"
     return os.environ.get("HOSTNAME") or socket.gethostname()
 
 
