@@ -133,7 +133,10 @@ class Transactions(Settlement):
         """Commit the batch's transaction with its offsets (up to a record that ended it), or abort it."""
         refused = {tp: error for tp, (_, error) in rewinds.items() if error is not None}
         rollback, self.rollback, copies, self.copies = self.rollback, None, self.copies, 0
+        recovering, self.recovering = self.recovering, None
         if rollback is not None or refused:
+            if recovering is not None:  # given up when read again: its copy goes after what comes before it
+                self.attempts[_key(recovering.record)] = (recovering.attempts, 0.0, recovering.error)
             self._roll_back(batch, refused, rollback)
             return
         ends = {tp: rewinds.get(tp, (records[-1].offset + 1, None))[0] for tp, records in batch.items()}
@@ -143,6 +146,8 @@ class Transactions(Settlement):
                 self.producer.commit(offsets, self.consumer, self.seconds())
             except AbortError as why:
                 log.warning("The batch's transaction did not commit (%s): aborting it", why)
+                if recovering is not None:
+                    self.attempts[_key(recovering.record)] = (recovering.attempts, 0.0, recovering.error)
                 self._roll_back(batch, {})
                 return
             self.metrics.dead_lettered.inc(copies)
@@ -152,8 +157,8 @@ class Transactions(Settlement):
             if end <= batch[tp][-1].offset:
                 self.consumer.seek(tp, end)
             self.stalls.moved(tp)
-        if self.recovering is not None:
-            self._recover()
+        if recovering is not None:
+            self._recover(recovering)
 
     def _roll_back(self, batch: Mapping[TP, list[Any]], refused: dict[TP, Exception],
                    rollback: RollbackError | None = None) -> None:
@@ -170,10 +175,9 @@ class Transactions(Settlement):
                       "offset %d", *tp, describe(error), batch[tp][0].offset)
             self.stalls.stall(tp, batch[tp][0].offset, f"sends refused ({describe(error)})", self.budget)
 
-    def _recover(self) -> None:
+    def _recover(self, failed: RecoverError) -> None:
         """The record that ended the batch: its dead-letter copy and offset in a transaction of their own; a copy
         refused for its size goes again with only its stack trace's last line. Refused: its partition waits."""
-        failed, self.recovering = self.recovering, None
         record, tp = failed.record, (failed.record.topic, failed.record.partition)
         copy = super().give_up(record, failed.error, failed.attempts, failed.counted)
         while True:
