@@ -66,8 +66,8 @@ def transactional_id(properties: Properties, client: Any, outputs: Mapping[str, 
         log.info("'%s' is set, but a sink sends nothing: it commits its offsets as without transactions",
                  TRANSACTION_ID_PREFIX.name)
         return None
-    ignored = sorted(key for name in outputs
-                     for key in properties.subtree(f"spring.cloud.stream.kafka.bindings.{name}.producer"))
+    trees = [f"spring.cloud.stream.kafka.bindings.{name}.producer" for name in outputs]
+    ignored = sorted(f"{tree}.{key}" for tree in trees for key in properties.subtree(tree))
     if ignored:  # as Spring's binder: its transactional producer factory serves every binding
         log.warning("Transactions: the bindings' own Kafka producer properties are ignored (%s); the transactional "
                     "producer takes spring.cloud.stream.kafka.binder.transaction.producer.*", ", ".join(ignored))
