@@ -147,6 +147,16 @@ def test_acks_not_all_stop_a_transactional_app_in_one_line(
     assert PREFIX_KEY in line
 
 
+def test_a_setting_idempotence_forbids_is_a_configuration_error_not_a_broker_one(
+        kafka: Kafka, names: Callable[[str], str], start_stream_app: StartApp) -> None:
+    """The transactional producer is idempotent: both clients refuse more than 5 requests in flight."""
+    app = start_stream_app("processor", kafka.create(names("in")), {"output": names("out")}, PREFIX + "tx-",
+                           f"{TX_CONFIG}.max.in.flight.requests.per.connection=10")
+    [line] = config_errors(app)
+    assert re.search(r"max.in.flight\S*( must be set <= 5|=10)", line), line
+    assert "Broker error" not in app.log
+
+
 def test_a_random_uuid_prefix_gives_each_start_its_own_transactional_id(
         kafka: Kafka, names: Callable[[str], str], start_stream_app: StartApp) -> None:
     source, ids = kafka.create(names("in")), []
