@@ -18,6 +18,7 @@ from kafka.errors import (
     InvalidProducerEpochError,
     InvalidRecordError,
     InvalidTimestampError,
+    KafkaConfigurationError,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
@@ -79,7 +80,7 @@ class Producer:
         self.max_request_size: int = settings.get("max_request_size", KafkaProducer.DEFAULT_CONFIG["max_request_size"])
         try:
             self._producer = KafkaProducer(key_serializer=_NullKey(), **settings)
-        except (ValueError, RuntimeError, AssertionError) as error:  # a setting kafka-python refuses (a codec)
+        except (ValueError, RuntimeError, AssertionError, KafkaConfigurationError) as error:  # a setting it refuses
             raise ConfigError(f"Kafka producer setting refused by kafka-python: {error}") from None
         self._send = self._producer.send
 
