@@ -102,12 +102,15 @@ def test_the_suffix_is_the_index_else_0_for_one_instance_else_the_host_name(
         "tx-" + expected)
 
 
-@pytest.mark.parametrize("empty", ["  ", ""])
-def test_an_empty_prefix_is_refused(empty: str) -> None:
+@pytest.mark.parametrize(("args", "environ"), [([PREFIX + "  "], {}), ([PREFIX], {}), ([PREFIX + "${NONE:}"], {}),
+                                               ([], {"SPRING_CLOUD_STREAM_KAFKA_BINDER_TRANSACTION_"
+                                                     "TRANSACTIONIDPREFIX": ""})])
+def test_an_empty_prefix_is_refused(args: list[str], environ: dict[str, str]) -> None:
     """As the docstring of transactional_id says: not taken for no prefix (the app would run without the
     exactly-once asked for, saying nothing)."""
+    properties = props(*args, environ=environ)
     with pytest.raises(ConfigError, match=f"Property '{PREFIX_KEY}' is empty"):
-        transactions.transactional_id(props(PREFIX + empty), librdkafka.Client(props()), {"output": None})
+        transactions.transactional_id(properties, librdkafka.Client(properties), {"output": None})
 
 
 def test_no_prefix_no_transactions_and_a_sink_none(caplog: pytest.LogCaptureFixture) -> None:
