@@ -63,6 +63,7 @@ def test_the_transactional_producer_takes_acks_all_and_its_own_configuration_las
     assert settings[key(client, "linger.ms")] == 5  # the binding's own 7 is not the transactional producer's
     assert tx_settings(client, f"{BINDER}.requiredAcks=all")["acks"] == "all"
     assert tx_settings(client, f"{BINDER}.requiredAcks=-1")["acks"] == "all"
+    assert tx_settings(client, f"{BINDER}.requiredAcks=1", f"{TX_CONFIG}.acks=all")["acks"] == "all"  # acks wins
 
 
 @pytest.mark.parametrize(("setting", "named"), [(f"{BINDER}.requiredAcks=1", f"{BINDER[2:]}.requiredAcks"),
@@ -88,6 +89,7 @@ def test_consumers_keep_read_uncommitted_unless_configured(client: str) -> None:
 @pytest.mark.parametrize(("args", "environ", "expected"), [
     (["--spring.cloud.stream.instanceIndex=3", "--spring.cloud.stream.instanceCount=4"], {}, "3"),
     ([], {"SPRING_CLOUD_STREAM_INSTANCEINDEX": "2"}, "2"),
+    (["--spring.cloud.stream.instanceCount=3"], {"INSTANCE_INDEX": "1"}, "1"),  # a deployer's env var (the alias)
     (["--spring.cloud.stream.instanceIndex=0", "--spring.cloud.stream.instanceCount=2"], {}, "0"),
     ([], {}, "0"),
     (["--spring.cloud.stream.instanceCount=1"], {}, "0"),
@@ -260,16 +262,18 @@ BATCH = ("--spring.cloud.stream.bindings.input.consumer.batch-mode=true",
 
 def test_batch_mode_commits_each_output_and_a_dead_letter_once(
         kafka: Kafka, names: Callable[[str], str], start_stream_app: StartApp) -> None:
+    """``poison`` fails alone (BatchError), ``boom`` its whole batch: each record committed once, sent or
+    dead-lettered, in its batch's transaction."""
     values = [f"v{i:03d}".encode() for i in range(300)]
-    values[150] = b"poison"  # BatchError at itself, on every attempt
+    values[100], values[250] = b"poison", b"boom"
     source, sink, group = kafka.create(names("in")), kafka.create(names("out")), names("g")
     dlq = kafka.create(f"error.{source}.{group}")
     ends = kafka.produce(source, values, headers=TEXT)
     app = start_stream_app("batch", source, {"output": sink}, *BATCH, PREFIX + "tx-", group=group)
     wait_for(kafka.caught_up(group, ends), 90, "every record committed")
-    out = read_committed(kafka.bootstrap, sink, 299)
-    assert Counter(r.value.decode().split("|")[0] for r in out) == Counter(
-        v.decode()[::-1] for v in values if v != b"poison")
-    assert [r.value for r in read_committed(kafka.bootstrap, dlq, 1)] == [b"poison"]
+    dead = [r.value for r in read_committed(kafka.bootstrap, dlq, 2)]
+    out = read_committed(kafka.bootstrap, sink, len(values) - len(dead))
+    assert {b"poison", b"boom"} <= set(dead)
+    assert Counter(r.value.decode().split("|")[0][::-1].encode() for r in out) + Counter(dead) == Counter(values)
     assert open_records(kafka.bootstrap, sink, dlq) == 0
     assert app.stop() == 0
