@@ -91,11 +91,11 @@ def test_consumers_keep_read_uncommitted_unless_configured(client: str) -> None:
     ([], {"SPRING_CLOUD_STREAM_INSTANCEINDEX": "2"}, "2"),
     (["--spring.cloud.stream.instanceCount=3"], {"INSTANCE_INDEX": "1"}, "1"),  # a deployer's env var (the alias)
     (["--spring.cloud.stream.instanceIndex=0", "--spring.cloud.stream.instanceCount=2"], {}, "0"),
-    ([], {}, "0"),
-    (["--spring.cloud.stream.instanceCount=1"], {}, "0"),
+    ([], {}, "pod-7f9c"),  # no index: the pod's name, whatever the count says (a Deployment's pods have none)
+    (["--spring.cloud.stream.instanceCount=1"], {}, "pod-7f9c"),
     (["--spring.cloud.stream.instanceCount=2"], {}, "pod-7f9c"),
 ])
-def test_the_suffix_is_the_index_else_0_for_one_instance_else_the_host_name(
+def test_the_suffix_is_the_index_else_the_host_name(
         args: list[str], environ: dict[str, str], expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOSTNAME", "pod-7f9c")
     properties = props(PREFIX + " tx- ", *args, environ=environ)
@@ -107,12 +107,10 @@ def test_the_suffix_is_the_index_else_0_for_one_instance_else_the_host_name(
 @pytest.mark.parametrize(("args", "environ"), [([PREFIX + "  "], {}), ([PREFIX], {}), ([PREFIX + "${NONE:}"], {}),
                                                ([], {"SPRING_CLOUD_STREAM_KAFKA_BINDER_TRANSACTION_"
                                                      "TRANSACTIONIDPREFIX": ""})])
-def test_an_empty_prefix_is_refused(args: list[str], environ: dict[str, str]) -> None:
-    """As the docstring of transactional_id says: not taken for no prefix (the app would run without the
-    exactly-once asked for, saying nothing)."""
+def test_an_empty_prefix_turns_transactions_off(args: list[str], environ: dict[str, str]) -> None:
+    """As Spring's binder (StringUtils.hasText): a way to turn off a prefix set for every app."""
     properties = props(*args, environ=environ)
-    with pytest.raises(ConfigError, match=f"Property '{PREFIX_KEY}' is empty"):
-        transactions.transactional_id(properties, librdkafka.Client(properties), {"output": None})
+    assert transactions.transactional_id(properties, librdkafka.Client(properties), {"output": None}) is None
 
 
 def test_no_prefix_no_transactions_and_a_sink_none(caplog: pytest.LogCaptureFixture) -> None:
@@ -170,7 +168,7 @@ def test_a_random_uuid_prefix_gives_each_start_its_own_transactional_id(
         ids.append(app.wait_for_log(r"Transactions: .* transactional\.id '([^']*)'").group(1))
         assert app.stop() == 0
     assert ids[0] != ids[1]
-    assert all(re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}-0", found) for found in ids), ids
+    assert all(re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}-.+", found) for found in ids), ids
 
 
 def open_records(bootstrap: str, *topics: str) -> int:
@@ -223,7 +221,7 @@ def test_a_transactional_source_commits_each_poll(
     assert sorted(int(r.value) for r in found) == [n for n in range(1, 31) if n != 12]
     [log] = read_logs(kafka.bootstrap, sink).values()
     assert (log.open_count, log.aborted) == (0, [])
-    assert "transactional.id 'src-0'" in app.log
+    assert re.search(r"transactional\.id 'src-.+'", app.log)
     assert app.stop() == 0
 
 

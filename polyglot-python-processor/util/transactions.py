@@ -53,15 +53,13 @@ class RecoverError(Exception):
 
 def transactional_id(properties: Properties, client: Any, outputs: Mapping[str, Any]) -> str | None:
     """The app's transactional.id: ``transactionIdPrefix`` plus this instance's suffix; None without a prefix, or
-    in a sink (nothing to send). ConfigError on the rabbit binder, or for an empty prefix."""
+    in a sink (nothing to send). ConfigError on the rabbit binder."""
     prefix = properties.get(TRANSACTION_ID_PREFIX)
-    if prefix is None:
+    if prefix is None or not prefix.strip():  # as Spring's binder: an empty prefix turns transactions off
         return None
     if not hasattr(client, "transactional"):
         raise ConfigError(f"Property '{TRANSACTION_ID_PREFIX.name}' is the Kafka binder's: the rabbit binder has no "
                           "Kafka transactions; remove it, or use the Kafka binder")
-    if not prefix.strip():
-        raise ConfigError(f"Property '{TRANSACTION_ID_PREFIX.name}' is empty: give a prefix, or remove it")
     if not outputs:
         log.info("'%s' is set, but a sink sends nothing: it commits its offsets as without transactions",
                  TRANSACTION_ID_PREFIX.name)
