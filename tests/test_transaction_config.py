@@ -19,7 +19,7 @@ from conftest import Kafka
 from devkit.apps import App
 from devkit.committed_reader import Connection, PartitionLog, _fetch, read_committed, read_logs
 from devkit.waiting import wait_for
-from util import kafka_python_settings, librdkafka, librdkafka_settings, transactions
+from util import kafka_python, kafka_python_settings, librdkafka, librdkafka_settings, transactions
 from util.arguments import ConfigError, Properties
 from util.bindings import resolve_input
 
@@ -275,3 +275,11 @@ def test_batch_mode_commits_each_output_and_a_dead_letter_once(
     assert Counter(r.value.decode().split("|")[0][::-1].encode() for r in out) + Counter(dead) == Counter(values)
     assert open_records(kafka.bootstrap, sink, dlq) == 0
     assert app.stop() == 0
+
+
+@pytest.mark.parametrize("client", ["librdkafka", "kafka-python"])
+def test_idempotence_turned_off_is_refused_for_the_transactional_producer(client: str) -> None:
+    properties = props(PREFIX + "tx-", f"{BINDER}.transaction.producer.configuration.enable.idempotence=false")
+    transport = librdkafka.Client(properties) if client == "librdkafka" else kafka_python.Client(properties)
+    with pytest.raises(ConfigError, match="'enable.idempotence' is false"):
+        transport.transactional("tx-0", None)

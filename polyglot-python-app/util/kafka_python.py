@@ -297,6 +297,7 @@ class Client(kafka_config.KafkaClient):
         settings = client_settings(self.properties, None, "transaction")
         if carries is not None:
             self._carry(settings, carries)
+        kafka_config.idempotent(settings.get("enable_idempotence"))
         return TransactionalProducer(settings, transactional_id)
 
     def consumer(self, binding: InputBinding) -> tuple[Consumer, str]:

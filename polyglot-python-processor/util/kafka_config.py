@@ -111,6 +111,13 @@ def required_acks(properties: Properties, kafka: Mapping[str, str], role: str = 
     return acks(properties.get(REQUIRED_ACKS), REQUIRED_ACKS.name, properties.secret(REQUIRED_ACKS))
 
 
+def idempotent(value: object) -> None:
+    """A transactional producer is idempotent: ``enable.idempotence=false`` is refused, as the Java client does."""
+    if str(value).strip().lower() == "false":
+        raise ConfigError(f"Kafka property 'enable.idempotence' is false, but '{TRANSACTION_ID_PREFIX.name}' makes "
+                          "the producer transactional, which needs it: remove it")
+
+
 def withheld(key: str, value: str, weakening: Mapping[str, tuple[str | None, str]]) -> bool:
     """True for a key the binder keeps from the client: one it sets itself (a warning), or one the client
     cannot honour at its harmless value. One whose omission would weaken security stops the app."""

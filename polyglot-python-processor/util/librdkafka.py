@@ -271,6 +271,7 @@ class Client(kafka_config.KafkaClient):
         settings = client_settings(self.properties, None, "transaction")
         if carries is not None:
             self._carry(settings, carries)
+        kafka_config.idempotent(settings.get("enable.idempotence"))
         settings["enable.idempotence"] = True
         return TransactionalProducer(settings, transactional_id, TRANSACTION_SECONDS)
 
