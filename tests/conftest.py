@@ -41,6 +41,7 @@ STREAM_APPS = {"processor": ("polyglot-python-processor/python_processor.py", ("
 # The other two shapes, as a user writes them (tests/steps, run on the processor's util).
 STEPS = {"source": ("tests/steps/python_source.py", ("output",)), "sink": ("tests/steps/python_sink.py", ()),
          "filter": ("tests/steps/python_filter.py", ("output",)),
+         "flaky": ("tests/steps/python_flaky.py", ("output",)),
          "invoice": ("tests/steps/python_invoice.py", ("output",)),
          "shapes": ("tests/steps/python_shapes.py", ("output",)),
          "batch": ("tests/steps/python_batch.py", ("output",)),
