@@ -185,6 +185,18 @@ class TransactionalProducer(Producer):
                 if not error.retriable() or time.monotonic() >= deadline or error.txn_requires_abort():
                     raise
 
+    def flush(self, seconds: float) -> bool:
+        """librdkafka's flush raises the producer's fatal error (a fence): a SystemError whose cause it is when a
+        delivery report ran after it was raised. FatalError: the producer cannot go on."""
+        try:
+            return super().flush(seconds)
+        except (KafkaException, SystemError) as failure:
+            error = _fatal(failure)
+            if error is None:
+                raise
+            self.failed = f"flushing: {error.str()}"
+            raise FatalError(f"transactional producer '{self.transactional_id}' flushing: {error.str()}") from None
+
     def send(self, topic: str, value: bytes | None, key: bytes | None, headers: Any, partition: int | None) -> _Sent:
         if not self.open:  # a transaction begins with its first record: a batch that sends nothing has none
             self._begin()
@@ -231,6 +243,14 @@ class TransactionalProducer(Producer):
                 return
         if self.failed is None:
             super().close(seconds)
+
+
+def _fatal(failure: BaseException) -> KafkaError | None:
+    """The fatal KafkaError a flush raised, itself or as the cause of the SystemError it raised; else None."""
+    for raised in (failure, failure.__cause__, failure.__context__):
+        if isinstance(raised, KafkaException) and isinstance(raised.args[0], KafkaError) and raised.args[0].fatal():
+            return raised.args[0]
+    return None
 
 
 class Client(kafka_config.KafkaClient):
