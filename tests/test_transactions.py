@@ -234,7 +234,9 @@ def test_sends_refused_for_a_while_abort_and_stall_then_everything_commits_exact
     assert kafka.committed(group) == {}
     assert visible(kafka, {"output": sink}) == Counter()
     proxy.allow(sink)
-    wait_for(kafka.caught_up(group, {0: 100, 1: 100}), 60, "everything committed once allowed")
+    done = kafka.caught_up(group, {0: 100, 1: 100})
+    wait_for(lambda: app.process.poll() is not None or done(), 60, "everything committed once allowed")
+    assert app.process.poll() is None, re.findall(r"Stopping: .*", app.log)
     exactly_once(kafka, {"output": sink}, [("output", v[::-1]) for v in values])
     assert open_records(kafka, sink) == 0
     wait_for(lambda: health(app)[0] == 200, 30, "health UP")
