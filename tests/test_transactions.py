@@ -216,9 +216,6 @@ def test_sigterm_in_a_back_off_commits_what_is_done_and_a_restart_finishes_exact
 
 
 # -- 6: sends refused by the broker ----------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="a refused send leaves the producer's sequence numbers ahead of the broker's: "
-                   "the next transaction asks for an epoch bump (KIP-360), which Tansu refuses, and the app stops "
-                   "instead of recovering (a new producer of the id, as Spring makes, would go on)")
 def test_sends_refused_for_a_while_abort_and_stall_then_everything_commits_exactly_once(
         proxied: tuple[Kafka, KafkaProxy], names: Callable[[str], str], start_processor: Callable[..., App],
         client: str) -> None:

@@ -126,14 +126,18 @@ class TransactionalProducer(Producer):
     each until a deadline."""
 
     def __init__(self, settings: dict[str, Any], transactional_id: str) -> None:
-        super().__init__({**settings, "transactional_id": transactional_id, "enable_idempotence": True})
         self.transactional_id = transactional_id
+        self._settings = {**settings, "transactional_id": transactional_id, "enable_idempotence": True}
+        self._start()
+
+    def _start(self) -> None:
+        super().__init__(self._settings)
         self._manager = self._producer._transaction_manager
         self.open = False  # a transaction is open: something was sent since the last commit or abort
         try:
             self._producer.init_transactions()
         except FENCED as error:
-            raise FatalError(f"transactional producer '{transactional_id}' cannot initialise: {error}") from None
+            raise FatalError(f"transactional producer '{self.transactional_id}' cannot initialise: {error}") from None
 
     def send(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]] | None,
              partition: int | None) -> Any:
@@ -163,13 +167,24 @@ class TransactionalProducer(Producer):
             raise AbortError(str(error) or type(error).__name__) from None
         self.open = False
 
-    def abort(self, seconds: float) -> None:
+    def abort(self, seconds: float, renew: bool = False) -> None:
+        if not renew:
+            try:
+                self._wait(self._manager.begin_abort(), time.monotonic() + seconds)
+                self.open = False
+                return
+            except FENCED as error:
+                raise FatalError(f"transactional producer '{self.transactional_id}' aborting: {error}") from None
+            except (KafkaError, AbortError) as error:  # say the epoch bump a refused send asked for was refused
+                log.warning("Transactional producer '%s' could not abort its transaction (%s): starting it again, "
+                            "which aborts it", self.transactional_id, error)
+        self._producer._sender.force_close()  # its unsent records failed: the new producer of the id aborts them
+        Producer.close(self, 1.0)
         try:
-            self._wait(self._manager.begin_abort(), time.monotonic() + seconds)
-        except (KafkaError, AbortError) as error:
-            raise FatalError(f"transactional producer '{self.transactional_id}' could not abort its transaction "
-                             f"({error}): a restart of this instance aborts it") from None
-        self.open = False
+            self._start()
+        except KafkaError as error:
+            raise FatalError(f"transactional producer '{self.transactional_id}' could not start again ({error}): "
+                             "a restart of this instance aborts its transaction") from None
 
     def _wait(self, result: Any, deadline: float) -> None:
         self._producer._sender.wakeup()

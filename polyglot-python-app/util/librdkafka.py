@@ -159,12 +159,14 @@ class TransactionalProducer(Producer):
     """The app's one transactional producer: a batch's outputs and dead letters, and its offsets, in one transaction.
 
     librdkafka's transaction calls block: each waits in short steps (a retriable timeout is asked again) until
-    its deadline. A producer fenced, or failed for good, is never closed: librdkafka's close would retry its
-    abort for ever (Tansu drops a fenced epoch's EndTxn); it is left to be freed.
+    its deadline. A producer fenced, failed for good or started again is never closed: librdkafka's close would
+    retry its abort for ever (Tansu drops a fenced epoch's EndTxn, and refuses the epoch bump a send refused
+    asks for); it is left to be freed.
     """
 
     def __init__(self, settings: dict[str, Any], transactional_id: str, seconds: float) -> None:
-        super().__init__({**settings, "transactional.id": transactional_id})
+        self._settings = {**settings, "transactional.id": transactional_id}
+        super().__init__(self._settings)
         self.transactional_id = transactional_id
         self.failed: str | None = None  # why it cannot go on
         self.open = False  # a transaction is open: something was sent since the last commit or abort
@@ -226,21 +228,30 @@ class TransactionalProducer(Producer):
             raise AbortError(failure.args[0].str()) from None
         self.open = False
 
-    def abort(self, seconds: float) -> None:
-        try:
-            self._call(self._producer.abort_transaction, seconds, "aborting")
-        except KafkaException as failure:
-            self.failed = f"aborting: {failure.args[0].str()}"
-            raise FatalError(f"transactional producer '{self.transactional_id}' could not abort its transaction "
-                             f"({failure.args[0].str()}): a restart of this instance aborts it") from None
+    def abort(self, seconds: float, renew: bool = False) -> None:
+        if not renew:
+            try:
+                self._call(self._producer.abort_transaction, seconds, "aborting")
+                self.open = False
+                return
+            except KafkaException as failure:
+                log.warning("Transactional producer '%s' could not abort its transaction (%s): starting it again, "
+                            "which aborts it", self.transactional_id, failure.args[0].str())
         self.open = False
+        super().__init__(self._settings)  # the old one dropped; a new producer of the id aborts what it left open
+        try:
+            self._call(self._producer.init_transactions, seconds, "starting again")
+        except KafkaException as failure:
+            self.failed = f"starting again: {failure.args[0].str()}"
+            raise FatalError(f"transactional producer '{self.transactional_id}' could not start again "
+                             f"({failure.args[0].str()}): a restart of this instance aborts its transaction") from None
 
     def close(self, seconds: float) -> None:
         if self.failed is None and self.open:
             try:
-                self.abort(seconds)
-            except FatalError:
-                return
+                self._call(self._producer.abort_transaction, seconds, "aborting")
+            except (KafkaException, FatalError):
+                return  # dropped: a restart of the id aborts it
         if self.failed is None:
             super().close(seconds)
 

@@ -58,8 +58,10 @@ class TransactionalProducer(Producer, Protocol):
         """Add ``offsets`` (the consumer's group's, with its group metadata) to the transaction and commit it.
         AbortError when it cannot commit; FatalError when the producer cannot go on (``client_errors.py``)."""
 
-    def abort(self, seconds: float) -> None:
-        """Abort the open transaction; FatalError when it could not (a restart of the id aborts it)."""
+    def abort(self, seconds: float, renew: bool = False) -> None:
+        """Abort the open transaction. ``renew`` (the broker refused sends: the producer's sequence numbers are
+        past what it has), or an abort that fails, starts the producer again instead: a new producer of the id
+        aborts what the old one left open. FatalError when fenced, or when it could not start again."""
 
 
 class DeadLetters(Protocol):

@@ -160,9 +160,10 @@ class Transactions(Settlement):
 
     def _roll_back(self, batch: Mapping[TP, list[Any]], refused: dict[TP, Exception],
                    rollback: RollbackError | None = None) -> None:
-        """Abort; every partition of the batch back to its committed offset (its first record here)."""
+        """Abort (sends refused: start the producer again); every partition of the batch back to its committed
+        offset (its first record here)."""
         if self.producer.open:
-            self.producer.abort(self.seconds())
+            self.producer.abort(self.seconds(), renew=bool(refused))
         if rollback is not None:
             log.info("Record %s failed (%s): the batch's transaction is aborted; its records come again",
                      where(rollback.record), describe(rollback.error))
@@ -192,7 +193,7 @@ class Transactions(Settlement):
                     self.consumer.seek(tp, record.offset + 1)
                     return
             if self.producer.open:
-                self.producer.abort(self.seconds())
+                self.producer.abort(self.seconds(), renew=not isinstance(error, AbortError))
             if not self.client.too_large(error) or copy.trace == 0:
                 break
             copy = self.dead_letter(record, failed.error, 0)
