@@ -53,6 +53,11 @@ def about_the_record(error: BaseException) -> bool:
     return isinstance(error, RECORD_ERRORS) or not isinstance(error, KafkaError)
 
 
+def fenced(error: BaseException) -> bool:
+    """A send refused because another producer took the transactional id."""
+    return isinstance(error, FENCED)
+
+
 def too_large(error: BaseException) -> bool:
     return isinstance(error, SIZE_ERRORS)
 
@@ -153,21 +158,27 @@ class TransactionalProducer(Producer):
                              f"{error}") from None
         self.open = True
 
-    def commit(self, offsets: Mapping[TP, int], consumer: Any, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        try:
-            if offsets:
-                self._wait(self._manager.send_offsets_to_transaction(
-                    {_TopicPartition(*tp): OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()},
-                    consumer.group_metadata()), deadline)
-            self._wait(self._manager.begin_commit(), deadline)
-        except KafkaError as error:
-            if isinstance(error, FENCED) or self._manager.has_fatal_error():
-                raise FatalError(f"transactional producer '{self.transactional_id}' committing: {error}") from None
-            raise AbortError(str(error) or type(error).__name__) from None
+    def send_offsets(self, offsets: Mapping[TP, int], consumer: Any, seconds: float) -> None:
+        if offsets:
+            self._ask(lambda: self._manager.send_offsets_to_transaction(
+                {_TopicPartition(*tp): OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()},
+                consumer.group_metadata()), seconds, "sending offsets")
+
+    def commit(self, seconds: float) -> None:
+        self._ask(self._manager.begin_commit, seconds, "committing")
         self.open = False
 
+    def _ask(self, request: Callable[[], Any], seconds: float, what: str) -> None:
+        try:
+            self._wait(request(), time.monotonic() + seconds)
+        except KafkaError as error:
+            if isinstance(error, FENCED) or self._manager.has_fatal_error():
+                raise FatalError(f"transactional producer '{self.transactional_id}' {what}: {error}") from None
+            raise AbortError(str(error) or type(error).__name__) from None
+
     def abort(self, seconds: float, renew: bool = False) -> None:
+        if isinstance(self._manager.last_error, FENCED):  # never started again: it would take the id back
+            raise FatalError(f"transactional producer '{self.transactional_id}' fenced: {self._manager.last_error}")
         if not renew:
             try:
                 self._wait(self._manager.begin_abort(), time.monotonic() + seconds)
@@ -287,6 +298,7 @@ class Client(kafka_config.KafkaClient):
     Error = KafkaError
     null_header = NULL_HEADER
     about_the_record = staticmethod(about_the_record)
+    fenced = staticmethod(fenced)
     too_large = staticmethod(too_large)
     outcome = staticmethod(outcome)
 

@@ -102,6 +102,9 @@ class Client:
     def too_large(self, error: BaseException) -> bool:
         return "size" in str(error).lower() or "frame" in str(error).lower()
 
+    def fenced(self, error: BaseException) -> bool:
+        return False  # no transactional id here
+
     def outcome(self, handle: Any) -> Exception | None:
         return None if handle is None else self.publisher.outcome(handle)
 

@@ -137,6 +137,9 @@ class Source(Binder):
         for message, handle in sent:
             error = None if done else self.client.outcome(handle)
             if error is not None:
+                if self.transactional is not None and self.client.fenced(error):
+                    raise FatalError(f"transactional producer '{self.transactional.transactional_id}' fenced: "
+                                     f"another instance took its transactional.id ({describe(error)})")
                 failed.append(message)
                 if not self._drop(message, error):
                     again.append(message)
@@ -154,7 +157,7 @@ class Source(Binder):
         transactional = self.transactional
         if not failed:
             try:
-                transactional.commit({}, None, transactions.seconds(self.shutdown))
+                transactional.commit(transactions.seconds(self.shutdown))
                 return True
             except AbortError as why:
                 self._refused = f"the transaction did not commit ({why})"

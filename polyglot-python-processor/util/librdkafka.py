@@ -7,6 +7,7 @@ acknowledges every send before it that no callback failed, so no handle is read 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -217,12 +218,20 @@ class TransactionalProducer(Producer):
                              f"{failure.args[0].str()}") from None
         self.open = True
 
-    def commit(self, offsets: Mapping[tuple[str, int], int], consumer: Any, seconds: float) -> None:
+    def send_offsets(self, offsets: Mapping[tuple[str, int], int], consumer: Any, seconds: float) -> None:
+        """librdkafka's call can outwait its timeout (up to socket.timeout.ms): it runs in a thread of its own,
+        waited for in steps, so that a signal is handled meanwhile."""
+        if not offsets:
+            return
+        sent = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
         try:
-            if offsets:
-                sent = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
-                self._call(self._producer.send_offsets_to_transaction, seconds, "sending offsets", sent,
-                           consumer.group_metadata())
+            self._call(_in_a_thread(self._producer.send_offsets_to_transaction), seconds, "sending offsets", sent,
+                       consumer.group_metadata())
+        except KafkaException as failure:
+            raise AbortError(failure.args[0].str()) from None
+
+    def commit(self, seconds: float) -> None:
+        try:
             self._call(self._producer.commit_transaction, seconds, "committing")
         except KafkaException as failure:
             raise AbortError(failure.args[0].str()) from None
@@ -256,6 +265,35 @@ class TransactionalProducer(Producer):
             super().close(seconds)
 
 
+def _in_a_thread(call: Callable[..., Any]) -> Callable[..., Any]:
+    """``call`` run in a thread of its own, waited for in steps (signal handlers run between them); its outcome."""
+    def waited(*args: Any) -> Any:
+        outcome: list[Any] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome.append((call(*args), None))
+            except BaseException as error:  # noqa: BLE001 - handed to the caller
+                outcome.append((None, error))
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="librdkafka-transaction", daemon=True).start()
+        while not done.wait(STEP):
+            pass
+        result, error = outcome[0]
+        if error is not None:
+            raise error
+        return result
+    return waited
+
+
+def fenced(error: BaseException) -> bool:
+    """A send refused because another producer took the transactional id."""
+    return isinstance(error, KafkaException) and error.args[0].code() in FENCED_CODES
+
+
 def _fatal(failure: BaseException) -> KafkaError | None:
     """The fatal KafkaError a flush raised, itself or as the cause of the SystemError it raised; else None."""
     for raised in (failure, failure.__cause__, failure.__context__):
@@ -271,6 +309,7 @@ class Client(kafka_config.KafkaClient):
     Error = KafkaException
     null_header = None  # librdkafka writes a null header value as null
     about_the_record = staticmethod(about_the_record)
+    fenced = staticmethod(fenced)
     too_large = staticmethod(too_large)
     outcome = staticmethod(outcome)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from .arguments import ConfigError, Properties
 from .bindings import INSTANCE_INDEX, InputBinding
-from .client_errors import AbortError
+from .client_errors import AbortError, FatalError
 from .kafka_config import TRANSACTION_ID_PREFIX
 from .metrics import Metrics
 from .settle import Delivery, Settlement, deliveries, describe, flush, where
@@ -96,6 +96,9 @@ class Transactions(Settlement):
         self.rollback: RollbackError | None = None
         self.recovering: RecoverError | None = None
         self.copies = 0  # dead-letter copies of the batch's transaction (batch mode)
+        self.pending: dict[TP, list[Delivery]] = {}  # the batch's sends, read once its offsets are in
+        self.runs: Any = None
+        self.until = 0.0
 
     def give_up(self, record: Any, error: Exception, attempts: int | None = None, counted: bool = False) -> Delivery:
         """With a DLQ, the record ends its batch (RecoverError); without, it is skipped in it."""
@@ -105,15 +108,51 @@ class Transactions(Settlement):
 
     def complete(self, pending: dict[TP, list[Delivery]], until: float, runs: Any = None) -> tuple[
             dict[TP, list[Delivery]], dict[TP, tuple[int, Exception]]]:
-        """Flush; the partitions with a failed send (rewinds). A send failed for the record's sake marks it given
-        up (dead-lettered when read again); nothing is sent again in this transaction, which will abort."""
-        if self.rollback is not None or not self.producer.open:
-            return {}, {}  # aborted, or nothing sent
-        flush(self.flushed, until, self.shutdown)
+        """Kept for ``advance``: the batch's sends are read after its offsets went to the transaction (their round
+        trips overlap the sends still on their way)."""
+        self.pending, self.runs, self.until = pending, runs, until
+        return {}, {}
+
+    def advance(self, batch: Mapping[TP, list[Any]], held: dict[TP, list[Delivery]],
+                rewinds: dict[TP, tuple[int, Exception | None]]) -> None:
+        """Commit the batch's transaction with its offsets (up to a record that ended it), or abort it."""
+        refused = {tp: error for tp, (_, error) in rewinds.items() if error is not None}
+        rollback, self.rollback, recovering, self.recovering = self.rollback, None, self.recovering, None
+        ends = {tp: rewinds.get(tp, (records[-1].offset + 1, None))[0] for tp, records in batch.items()}
+        offsets = {tp: end for tp, end in ends.items() if end > batch[tp][0].offset}
+        if rollback is None and not refused and self.producer.open:
+            try:
+                self.producer.send_offsets(offsets, self.consumer, self.seconds())
+                refused = self._failures()
+                if not refused:
+                    self.producer.commit(self.seconds())
+                    self.metrics.dead_lettered.inc(self.copies)
+            except AbortError as why:
+                log.warning("The batch's transaction did not commit (%s): aborting it", why)
+                rollback = why
+        elif rollback is None and not refused:
+            self.commit(offsets)  # nothing sent: the offsets alone, with the consumer
+        if rollback is not None or refused:
+            if recovering is not None:  # given up when read again: its copy goes after what comes before it
+                self.attempts[_key(recovering.record)] = (recovering.attempts, 0.0, recovering.error)
+            self._roll_back(batch, refused, rollback)
+            return
+        for tp, end in ends.items():
+            if end <= batch[tp][-1].offset:
+                self.consumer.seek(tp, end)
+            self.stalls.moved(tp)
+        if recovering is not None:
+            self._recover(recovering)
+
+    def _failures(self) -> dict[TP, Exception]:
+        """Flush; the partitions with a failed send. A send failed for the record's sake marks it given up
+        (dead-lettered when read again); nothing is sent again in this transaction, which will abort."""
+        flush(self.flushed, self.until, self.shutdown)
+        self.copies = 0
         if self.producer.settled() and not self.irregular:
-            return {}, {}
+            return {}
         self.irregular, failed = False, {}
-        made = deliveries(runs) if runs else {}
+        made, pending = deliveries(self.runs) if self.runs else {}, self.pending
         for tp in {**made, **pending}:
             for sent in [*made.get(tp, ()), *pending.get(tp, ())]:
                 error = sent.failure(self.client.outcome)
@@ -122,49 +161,20 @@ class Transactions(Settlement):
                     continue
                 if sent.cause is not None or self.client.about_the_record(error):
                     self.attempts[_key(sent.record)] = (self.source.max_attempts, 0.0, sent.cause or error)
-                failed[tp] = (sent.record.offset, error)
+                failed[tp] = error
                 break
-        return {}, failed
-
-    def advance(self, batch: Mapping[TP, list[Any]], held: dict[TP, list[Delivery]],
-                rewinds: dict[TP, tuple[int, Exception | None]]) -> None:
-        """Commit the batch's transaction with its offsets (up to a record that ended it), or abort it."""
-        refused = {tp: error for tp, (_, error) in rewinds.items() if error is not None}
-        rollback, self.rollback, copies, self.copies = self.rollback, None, self.copies, 0
-        recovering, self.recovering = self.recovering, None
-        if rollback is not None or refused:
-            if recovering is not None:  # given up when read again: its copy goes after what comes before it
-                self.attempts[_key(recovering.record)] = (recovering.attempts, 0.0, recovering.error)
-            self._roll_back(batch, refused, rollback)
-            return
-        ends = {tp: rewinds.get(tp, (records[-1].offset + 1, None))[0] for tp, records in batch.items()}
-        offsets = {tp: end for tp, end in ends.items() if end > batch[tp][0].offset}
-        if self.producer.open:
-            try:
-                self.producer.commit(offsets, self.consumer, self.seconds())
-            except AbortError as why:
-                log.warning("The batch's transaction did not commit (%s): aborting it", why)
-                if recovering is not None:
-                    self.attempts[_key(recovering.record)] = (recovering.attempts, 0.0, recovering.error)
-                self._roll_back(batch, {})
-                return
-            self.metrics.dead_lettered.inc(copies)
-        else:
-            self.commit(offsets)
-        for tp, end in ends.items():
-            if end <= batch[tp][-1].offset:
-                self.consumer.seek(tp, end)
-            self.stalls.moved(tp)
-        if recovering is not None:
-            self._recover(recovering)
+        return failed
 
     def _roll_back(self, batch: Mapping[TP, list[Any]], refused: dict[TP, Exception],
-                   rollback: RollbackError | None = None) -> None:
+                   rollback: Exception | None = None) -> None:
         """Abort (sends refused: start the producer again); every partition of the batch back to its committed
-        offset (its first record here)."""
+        offset (its first record here). A send refused because another producer took the id: FatalError."""
+        if fenced := next((error for error in refused.values() if self.client.fenced(error)), None):
+            raise FatalError(f"transactional producer '{self.producer.transactional_id}' fenced: another instance "
+                             f"took its transactional.id ({describe(fenced)})")
         if self.producer.open:
             self.producer.abort(self.seconds(), renew=bool(refused))
-        if rollback is not None:
+        if isinstance(rollback, RollbackError):
             log.info("Record %s failed (%s): the batch's transaction is aborted; its records come again",
                      where(rollback.record), describe(rollback.error))
         for tp, records in batch.items():
@@ -184,14 +194,18 @@ class Transactions(Settlement):
             error = copy.failure(self.client.outcome)
             if error is None:
                 try:
-                    offsets = {tp: record.offset + 1} if self.source.commit_recovered else {}
-                    self.producer.commit(offsets, self.consumer, self.seconds())
+                    self.producer.send_offsets({tp: record.offset + 1} if self.source.commit_recovered else {},
+                                               self.consumer, self.seconds())
+                    self.producer.commit(self.seconds())
                 except AbortError as why:
                     error = why
                 else:
                     self.metrics.dead_lettered.inc()
                     self.consumer.seek(tp, record.offset + 1)
                     return
+            if self.client.fenced(error):
+                raise FatalError(f"transactional producer '{self.producer.transactional_id}' fenced: another "
+                                 f"instance took its transactional.id ({describe(error)})")
             if self.producer.open:
                 self.producer.abort(self.seconds(), renew=not isinstance(error, AbortError))
             if not self.client.too_large(error) or copy.trace == 0:

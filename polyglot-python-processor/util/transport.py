@@ -54,9 +54,13 @@ class TransactionalProducer(Producer, Protocol):
     transactional_id: str
     open: bool  # a transaction is open: something was sent since the last commit or abort
 
-    def commit(self, offsets: Mapping[TP, int], consumer: Any, seconds: float) -> None:
-        """Add ``offsets`` (the consumer's group's, with its group metadata) to the transaction and commit it.
-        AbortError when it cannot commit; FatalError when the producer cannot go on (``client_errors.py``)."""
+    def send_offsets(self, offsets: Mapping[TP, int], consumer: Any, seconds: float) -> None:
+        """Add ``offsets`` (the consumer's group's, with its group metadata) to the open transaction. AbortError
+        when it cannot; FatalError when the producer cannot go on (``client_errors.py``)."""
+
+    def commit(self, seconds: float) -> None:
+        """Commit the open transaction (its sends must have been read: kafka-python commits past a failed one).
+        AbortError when it cannot; FatalError when the producer cannot go on."""
 
     def abort(self, seconds: float, renew: bool = False) -> None:
         """Abort the open transaction. ``renew`` (the broker refused sends: the producer's sequence numbers are
@@ -130,6 +134,9 @@ class Client(Protocol):
         """A send failure the record itself caused (too large, malformed), not the broker's state."""
 
     def too_large(self, error: BaseException) -> bool: ...
+
+    def fenced(self, error: BaseException) -> bool:
+        """A Kafka send refused because another producer took the transactional id."""
 
     def outcome(self, handle: Any) -> Exception | None:
         """None once acknowledged; else why not (unfinished when the last flush ended: a timeout)."""
