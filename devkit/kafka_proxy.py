@@ -59,6 +59,7 @@ class KafkaProxy:
         self._marker: bytes | None = None
         self.corrupted = 0  # fetch responses with a byte flipped
         self.held = 0  # produce requests swallowed
+        self.swallowed = 0  # requests of muted API keys swallowed
         self.resets = 0  # connections reset
         self.resetting = False
         self._lock = threading.Lock()
@@ -188,6 +189,7 @@ class _Link:
                     self._send_own()
                     continue
                 if own == SWALLOW:
+                    self.proxy.swallowed += api_key in self.proxy.muted
                     continue
                 if own is None:
                     self.order.append(None)

@@ -241,11 +241,12 @@ class TransactionalProducer(Producer):
         if not renew:
             try:
                 self._call(self._producer.abort_transaction, seconds, "aborting")
-                self.open = False
-                return
-            except KafkaException as failure:
-                log.warning("Transactional producer '%s' could not abort its transaction (%s): starting it again, "
-                            "which aborts it", self.transactional_id, failure.args[0].str())
+            except KafkaException as failure:  # never started again here: it may have been fenced unawares
+                self.failed = f"aborting: {failure.args[0].str()}"
+                raise FatalError(f"transactional producer '{self.transactional_id}' could not abort its transaction "
+                                 f"({failure.args[0].str()}): a restart of this instance aborts it") from None
+            self.open = False
+            return
         self.open = False
         super().__init__(self._settings)  # the old one dropped; a new producer of the id aborts what it left open
         try:

@@ -182,13 +182,11 @@ class TransactionalProducer(Producer):
         if not renew:
             try:
                 self._wait(self._manager.begin_abort(), time.monotonic() + seconds)
-                self.open = False
-                return
-            except FENCED as error:
-                raise FatalError(f"transactional producer '{self.transactional_id}' aborting: {error}") from None
-            except (KafkaError, AbortError) as error:  # say the epoch bump a refused send asked for was refused
-                log.warning("Transactional producer '%s' could not abort its transaction (%s): starting it again, "
-                            "which aborts it", self.transactional_id, error)
+            except (KafkaError, AbortError) as error:  # never started again here: it may have been fenced unawares
+                raise FatalError(f"transactional producer '{self.transactional_id}' could not abort its transaction "
+                                 f"({error}): a restart of this instance aborts it") from None
+            self.open = False
+            return
         self._producer._sender.force_close()  # its unsent records failed: the new producer of the id aborts them
         Producer.close(self, 1.0)
         try:
