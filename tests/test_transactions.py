@@ -206,6 +206,7 @@ def test_sigterm_in_a_back_off_commits_what_is_done_and_a_restart_finishes_exact
     args = (PREFIX + tx, BACK_OFF + "20000")
     first = start_stream_app("flaky", source, {"output": sink}, *args, group=group)
     first.wait_for_log(r"failed \(RuntimeError: chosen failure")
+    wait_for(lambda: open_records(kafka, sink) >= 12, 30, "the records before it sent again, in the back-off")
     assert first.stop(signal.SIGTERM, timeout=15) == 0
     assert kafka.committed(group) == {0: 12}, "the records before the one in its back-off"
     assert open_records(kafka, sink) == 0
