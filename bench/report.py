@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench import batch_rows, lag_rows
+from bench import batch_rows, lag_rows, transaction_rows
 
 CLIENTS = ("librdkafka", "kafka-python")
 DEFAULT = CLIENTS[0]
@@ -41,7 +41,7 @@ def targets(r: dict[str, Any]) -> list[tuple[str, float, str, float | None]]:
           "pika bare loop without confirms (RabbitMQ)", ">=", 0.9)
     ratio("router (RabbitMQ) / pika bare loop without confirms", "router (RabbitMQ)",
           "pika bare loop without confirms (RabbitMQ)", ">=", None)
-    for name, top, bottom, goal in [*batch_rows.RATIOS, *lag_rows.RATIOS]:
+    for name, top, bottom, goal in [*batch_rows.RATIOS, *transaction_rows.RATIOS, *lag_rows.RATIOS]:
         ratio(name, top, bottom, ">=", goal)
     for client, latency in r["latency_ms"].items():
         found.append((f"p99 latency at 100 records/s, {client} (ms)", latency["p99"], "<=", 20))

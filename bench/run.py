@@ -33,7 +33,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from bench import batch_rows, lag_rows, rabbit
+from bench import batch_rows, lag_rows, rabbit, transaction_rows
 from bench.footprint import cpu_snapshot, cpu_taken, image_sizes, peak_rss_mb
 from bench.report import CLIENTS, DEFAULT, chart, markdown, met, targets
 from devkit.apps import App, http_get
@@ -145,9 +145,11 @@ class Bench:
 
     # -- the measurements ---------------------------------------------------------------------------
     def run_app(self, kind: str, source: str, client: str = DEFAULT, root: Path = ROOT,
-                extra: tuple[str, ...] = ()) -> tuple[float, float]:
+                extra: tuple[str, ...] = (), label: str = "",
+                check: Callable[[int, dict[str, int], str], None] | None = None) -> tuple[float, float]:
         """Throughput of one app instance over the prepared input (``extra``: its own arguments), and its peak RSS
-        in MB."""
+        in MB. ``label`` names its profile (the kind by default); ``check`` is given its exit code, its outputs
+        (topic: records) and its group once it stopped, and raises if they are wrong."""
         if kind == "router":
             sinks = {"even": self.sink(), "odd": self.sink()}
             outputs = {sinks["even"]: (RECORDS + 1) // 2, sinks["odd"]: RECORDS // 2}
@@ -156,11 +158,13 @@ class Bench:
             outputs = {sinks["output"]: RECORDS}
         group = self.name("group")
         app = self.app(kind, source, sinks, group, *extra, client=client, root=root)
-        spy = _profile(app.process.pid, f"{kind}-{client}-{'baseline' if root != ROOT else 'head'}-{group}")
+        spy = _profile(app.process.pid, f"{label or kind}-{client}-{'baseline' if root != ROOT else 'head'}-{group}")
         try:
             rate = self.throughput(outputs)
             rss = peak_rss_mb(app.process.pid)
-            app.stop()
+            code = app.stop()
+            if check is not None:
+                check(code, outputs, group)
         finally:
             app.kill()
             if spy is not None:
@@ -357,6 +361,7 @@ def measure() -> dict[str, Any]:
                 repeat(f"processor ({client})", app("processor", client))
                 if BASELINE is not None:
                     repeat(f"processor ({client}) @ baseline", app("processor", client, BASELINE))
+                transaction_rows.rows(bench, source, client, RECORDS, PARTITIONS, repeat)
                 if client == "librdkafka":  # next to the processor: the broker slows as the run fills it
                     batch_rows.kafka_rows(bench, source, repeat, loop)
             for client in CLIENTS:
