@@ -1,9 +1,9 @@
 """The stream loop: poll a batch, call the app's function for each record, send; settle, commit; SIGTERM drains.
 
-What happens after the sends (at-least-once, dead letters, rewinds, commits) is ``settle.py``; paused
-partitions are ``stalls.py``. Records reach the function one by one with retries; an ordinary batch
-(no tombstone, no retry pending, no partition key) is sent in one straight pass first, and falls back
-to the per-record path at the first record that fails. No batch outlives ``max.poll.interval.ms``: the
+After the sends (at-least-once, dead letters, rewinds, commits): ``settle.py``, or ``transactions.py`` with a
+transaction id; paused partitions are ``stalls.py``. Records reach the function one by one with retries; an
+ordinary batch (no tombstone, no retry pending, no partition key) is sent in one straight pass first, and falls
+back to the per-record path at the first record that fails. No batch outlives ``max.poll.interval.ms``: the
 group never evicts the app.
 """
 
@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import kafka_lag
+from . import kafka_lag, transactions
 from .arguments import ConfigError, Properties
 from .assignment import assigned, names, static_assignment
 from .batches import BatchMode
@@ -40,7 +40,7 @@ from .settle import INPUT, Delivery, RewindError, Settlement, where
 from .shutdown import Shutdown, StartInterruptedError
 from .stalls import TP, Stalls
 from .straight import Sent, StraightPass
-from .transactions import RecoverError, RollbackError, Transactions, transactional_id
+from .transactions import RecoverError, RollbackError, Transactions
 from .transport import Consumer, Producer, TransactionalProducer, open_client
 from .values import ConversionError, outgoing
 
@@ -83,7 +83,7 @@ class Binder:
         self.servers = self.client.servers
         self.brokers = BrokerCheck(self.servers)
         self.lag = kafka_lag.prepare(properties, self.client, self.source)  # the Kafka binder's lag gauge
-        self.transactional_id = transactional_id(properties, self.client, outputs)  # None: no transactions
+        self.transactional_id = transactions.transactional_id(properties, self.client, outputs)  # None: none
         self.transactional: TransactionalProducer | None = None  # with an id: every output's and dead letter's
         self.consumer: Consumer | None = None
         self.producers: dict[str, Producer] = {}
@@ -91,8 +91,7 @@ class Binder:
         self.sends = BatchSends(metrics, outputs)
         self.stalls = Stalls()
         self.settle: Settlement | None = None
-        # A record whose retries its batch had no time for: attempts made, and when the next one is due.
-        self.attempts: dict[tuple[str, int, int], tuple[Any, ...]] = {}  # (made, not before[, given up with])
+        self.attempts: dict[tuple[str, int, int], tuple[Any, ...]] = {}  # a record's: made, not before[, given up]
         self.straight: StraightPass | None = None
         self.batches: BatchMode | None = None  # batch mode: the function takes a poll's records as a list
         self.budget = 150.0  # half of max.poll.interval.ms: the longest a batch may take
@@ -130,12 +129,10 @@ class Binder:
         if self.lag is not None:
             self.lag.start(self.metrics.registry)
         self.stalls.pause = self.consumer.pause
-        if self.transactional is not None:
-            self.settle = Transactions(self.client, self.consumer, self.transactional, self.producers, source,
-                                       self.metrics, self.stalls, self.shutdown, self.budget, self.attempts)
-        else:
-            self.settle = Settlement(self.client, self.consumer, self.producers, source, self.metrics, self.stalls,
-                                     self.shutdown, self.budget)
+        parts = (self.client, self.consumer, self.producers, source, self.metrics, self.stalls, self.shutdown,
+                 self.budget)
+        self.settle = Settlement(*parts) if self.transactional is None else Transactions(
+            self.transactional, self.attempts, *parts)
         self.straight = StraightPass(self.handler, self.single, source, self.outputs, self.producers,
                                      self.client.null_header, self.sends)
         if source.auto_rebalance:
@@ -151,11 +148,7 @@ class Binder:
         """Provision ``topics`` and the outputs' topics; a producer per output binding."""
         topics.update({o.destination: (o.partition_count, _count_property(o)) for o in self.outputs.values()})
         provision(self.properties, self.client, topics)
-        if self.transactional_id is not None:  # one producer for every output and the dead letters
-            self.transactional = self.client.transactional(
-                self.transactional_id, self.source if self.source is not None and self.source.dlq else None)
-            log.info("Transactions: a batch's sends and offsets commit together, transactional.id '%s'",
-                     self.transactional_id)
+        self.transactional = transactions.producer(self.client, self.transactional_id, self.source)
         for output in self.outputs.values():
             self.producers[output.name] = producer = self.transactional or self.client.producer(output.name)
             found = producer.partition_count(output.destination)
@@ -231,16 +224,13 @@ class Binder:
             except RollbackError as rollback:  # transactional: the batch aborts and comes again
                 self.settle.rollback = rollback
                 break
-            except RecoverError as recover:  # transactional: the batch ends at a record to dead-letter on its own
-                self.settle.recovering, self.settle.given_up = recover, self.settle.given_up + 1
-                deliveries.append(Delivery(recover.record))  # counted as received; its copy is sent after
-                rewinds[tp] = (recover.record.offset, None)
+            except (_InterruptedError, RecoverError) as ended:  # SIGTERM, the poll interval running out, or
+                rewinds[tp] = (ended.offset, None)  # (transactional) a record to dead-letter on its own, after
                 rewinds.update({later: (batch[later][0].offset, None) for later in partitions[index + 1:]})
-                break
-            except _InterruptedError as interrupted:  # SIGTERM, or the poll interval is running out
-                rewinds[tp] = (interrupted.offset, None)
-                rewinds.update({later: (batch[later][0].offset, None) for later in partitions[index + 1:]})
-                if not self.stop.is_set():
+                if isinstance(ended, RecoverError):
+                    self.settle.recovering, self.settle.given_up = ended, self.settle.given_up + 1
+                    deliveries.append(Delivery(ended.record))  # counted as received
+                elif not self.stop.is_set():
                     log.info("The batch has taken %.0f s, half of max.poll.interval.ms: committing what is done "
                              "and polling again", time.monotonic() - started)
                 break

@@ -49,6 +49,7 @@ class RecoverError(Exception):
     def __init__(self, record: Any, error: Exception, attempts: int, counted: bool) -> None:
         super().__init__(record, error)
         self.record, self.error, self.attempts, self.counted = record, error, attempts, counted
+        self.offset = record.offset
 
 
 def transactional_id(properties: Properties, client: Any, outputs: Mapping[str, Any]) -> str | None:
@@ -82,12 +83,21 @@ def suffix(properties: Properties) -> str:
     return os.environ.get("HOSTNAME") or socket.gethostname()
 
 
+def producer(client: Any, transactional_id: str | None, source: InputBinding | None) -> Any:
+    """The app's transactional producer, for every output and the dead letters (None without an id)."""
+    if transactional_id is None:
+        return None
+    made = client.transactional(transactional_id, source if source is not None and source.dlq else None)
+    log.info("Transactions: a batch's sends and offsets commit together, transactional.id '%s'", transactional_id)
+    return made
+
+
 class Transactions(Settlement):
     """The settlement of a transactional app: its batches committed or aborted whole (see the module's text)."""
 
-    def __init__(self, client: Any, consumer: Any, producer: TransactionalProducer, producers: Mapping[str, Any],
-                 source: InputBinding, metrics: Metrics, stalls: Stalls, shutdown: Shutdown, budget: float,
-                 attempts: dict[tuple[str, int, int], tuple[Any, ...]]) -> None:
+    def __init__(self, producer: TransactionalProducer, attempts: dict[tuple[str, int, int], tuple[Any, ...]],
+                 client: Any, consumer: Any, producers: Mapping[str, Any], source: InputBinding, metrics: Metrics,
+                 stalls: Stalls, shutdown: Shutdown, budget: float) -> None:
         super().__init__(client, consumer, producers, source, metrics, stalls, shutdown, budget)
         self.producer = producer
         self.flushed = {"transaction": producer}  # every output and the dead letters share it: flushed once
