@@ -126,7 +126,8 @@ class Client:
         self._declare_output(binding)
         return Producer(self, binding)
 
-    def dead_letters(self, source: InputBinding) -> RabbitDeadLetters:
+    def dead_letters(self, source: InputBinding, producer: Any = None) -> RabbitDeadLetters:
+        """The republishing dead-letter sender (``producer``, Kafka's transactional one, is never given here)."""
         self._connected()
         return RabbitDeadLetters(self)
 
