@@ -238,17 +238,16 @@ class TransactionalProducer(Producer):
         self.open = False
 
     def abort(self, seconds: float, renew: bool = False) -> None:
-        if not renew:
-            try:
-                self._call(self._producer.abort_transaction, seconds, "aborting")
-            except KafkaException as failure:  # never started again here: it may have been fenced unawares
-                self.failed = f"aborting: {failure.args[0].str()}"
-                raise FatalError(f"transactional producer '{self.transactional_id}' could not abort its transaction "
-                                 f"({failure.args[0].str()}): a restart of this instance aborts it") from None
-            self.open = False
-            return
+        try:
+            self._call(self._producer.abort_transaction, seconds, "aborting")
+        except KafkaException as failure:  # never started again: it may have been fenced unawares
+            self.failed = f"aborting: {failure.args[0].str()}"
+            raise FatalError(f"transactional producer '{self.transactional_id}' could not abort its transaction "
+                             f"({failure.args[0].str()}): a restart of this instance aborts it") from None
         self.open = False
-        super().__init__(self._settings)  # the old one dropped; a new producer of the id aborts what it left open
+        if not renew:
+            return
+        super().__init__(self._settings)  # the old one dropped, never closed (its close would purge and wait)
         try:
             self._call(self._producer.init_transactions, seconds, "starting again")
         except KafkaException as failure:

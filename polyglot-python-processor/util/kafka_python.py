@@ -179,15 +179,15 @@ class TransactionalProducer(Producer):
     def abort(self, seconds: float, renew: bool = False) -> None:
         if isinstance(self._manager.last_error, FENCED):  # never started again: it would take the id back
             raise FatalError(f"transactional producer '{self.transactional_id}' fenced: {self._manager.last_error}")
+        try:
+            self._wait(self._manager.begin_abort(), time.monotonic() + seconds)
+        except (KafkaError, AbortError) as error:  # never started again: it may have been fenced unawares
+            raise FatalError(f"transactional producer '{self.transactional_id}' could not abort its transaction "
+                             f"({error}): a restart of this instance aborts it") from None
+        self.open = False
         if not renew:
-            try:
-                self._wait(self._manager.begin_abort(), time.monotonic() + seconds)
-            except (KafkaError, AbortError) as error:  # never started again here: it may have been fenced unawares
-                raise FatalError(f"transactional producer '{self.transactional_id}' could not abort its transaction "
-                                 f"({error}): a restart of this instance aborts it") from None
-            self.open = False
             return
-        self._producer._sender.force_close()  # its unsent records failed: the new producer of the id aborts them
+        self._producer._sender.force_close()  # anything left unsent fails with it
         Producer.close(self, 1.0)
         try:
             self._start()

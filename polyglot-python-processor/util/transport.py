@@ -63,10 +63,10 @@ class TransactionalProducer(Producer, Protocol):
         AbortError when it cannot; FatalError when the producer cannot go on."""
 
     def abort(self, seconds: float, renew: bool = False) -> None:
-        """Abort the open transaction. ``renew`` (the broker refused sends, not for a fence: the producer's sequence
-        numbers are past what it has) starts the producer again instead: a new producer of the id aborts what the
-        old one left open. FatalError when fenced, when the abort failed (a producer that may have been fenced
-        unawares is never started again: it would take the id back), or when it could not start again."""
+        """Abort the open transaction; then, with ``renew`` (the broker refused sends: the producer's sequence
+        numbers are past what it has, and Tansu refuses the epoch bump that would mend them), start the producer
+        again under its id. FatalError when fenced, when the abort failed (a producer that may have been fenced
+        unawares is never started again: its start would take the id back), or when it could not start again."""
 
 
 class DeadLetters(Protocol):

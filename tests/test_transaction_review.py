@@ -1,0 +1,204 @@
+"""Hostile review (h5) of issue 24's exactly-once on Kafka, after the first review's fixes: each test reproduces
+an attack on the renew path, the offsets sent before the sends are read, the send_offsets helper thread,
+fencing and the source step."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+import conftest
+from conftest import Kafka
+from devkit.committed_reader import read_committed, read_logs
+from devkit.waiting import wait_for
+
+conftest.STEPS.setdefault("attacks", ("tests/steps/python_attacks.py", ("output",)))
+PREFIX = "--spring.cloud.stream.kafka.binder.transaction.transactionIdPrefix="
+INDEX = "--spring.cloud.stream.instanceIndex="
+DLQ = ("--spring.cloud.stream.kafka.bindings.input.consumer.enableDlq=true",)
+TOPIC_AUTHORIZATION_FAILED = 29
+StartStreamApp = Callable[..., object]
+
+
+def visible(kafka: Kafka, topic: str, count: int = 0, timeout: float = 10) -> list[bytes]:
+    return [r.value for r in read_committed(kafka.bootstrap, topic, count, timeout)]
+
+
+def open_transactions(kafka: Kafka, topic: str) -> int:
+    return sum(log.open_count for log in read_logs(kafka.bootstrap, topic).values())
+
+
+def dups(values: list[bytes]) -> dict[bytes, int]:
+    return {v: n for v, n in Counter(values).items() if n > 1}
+
+
+def resources(pid: int) -> tuple[int, int]:
+    """The process's open file descriptors and threads."""
+    return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_many_renewals_leak_no_threads_nor_fds(proxied: tuple[Kafka, object], names: Callable[[str], str],
+                                               start_stream_app: StartStreamApp) -> None:
+    """The outputs' topic refused, then allowed, again and again for about a minute: each refusal renews the
+    transactional producer. The process's threads and fds must not grow with the renewals, and once allowed
+    every output must be committed once."""
+    kafka, proxy = proxied
+    source, sink, group = kafka.create(names("in"), 2), kafka.create(names("out")), names("g")
+    env = {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": kafka.bootstrap}
+    app = start_stream_app("processor", source, {"output": sink}, "--reversestring=true", PREFIX + names("tx-"),
+                           INDEX + "0", group=group, env=env)
+    app.wait_for_log("Partitions assigned", 60)
+    kafka.produce(source, [b"warm"])
+    wait_for(lambda: visible(kafka, sink, 1, 1) == [b"mraw"], 30, "the first committed")
+    baseline = resources(app.process.pid)
+    values: list[bytes] = [b"warm"]
+    for cycle in range(8):
+        proxy.refuse(sink, TOPIC_AUTHORIZATION_FAILED)
+        batch = [f"r-{cycle:03d}-{i}".encode() for i in range(10)]
+        values += batch
+        kafka.produce(source, batch, partition=lambda i: i % 2)
+        aborts = app.log.count("the batch's transaction is aborted; retrying")
+        wait_for(lambda a=aborts: app.process.poll() is not None
+                 or app.log.count("the batch's transaction is aborted; retrying") > a, 30, "an abort")
+        assert app.process.poll() is None, app.log[-3000:]
+        proxy.allow(sink)
+        wanted = len(values)
+        wait_for(lambda n=wanted: len(visible(kafka, sink, n, 1)) >= n, 60, "the cycle's records committed")
+    found = visible(kafka, sink, len(values), 5)
+    renewals = app.log.count("the batch's transaction is aborted; retrying")
+    wait_for(lambda: resources(app.process.pid)[1] <= baseline[1] + 4, 10,
+             f"threads back near {baseline[1]} after {renewals} renewals")
+    wait_for(lambda: resources(app.process.pid)[0] <= baseline[0] + 6, 10,  # a passing connection may linger
+             f"fds back near {baseline[0]} after {renewals} renewals")
+    log = app.log
+    assert app.stop() == 0, log[-3000:]
+    assert dups(found) == {}
+    assert Counter(found) == Counter(v[::-1] for v in values)
+
+
+def test_a_fenced_instance_whose_sends_are_refused_does_not_take_its_id_back(
+        proxied: tuple[Kafka, object], names: Callable[[str], str], start_stream_app: StartStreamApp,
+        client: str, request: pytest.FixtureRequest) -> None:
+    """Two instances with the same instanceIndex while the outputs' topic refuses sends (an ACL not there yet):
+    the second's start fences the first. The first's sends are refused (not as fenced), so it renews its
+    producer: a new init_transactions of the id fences the second back, and so on. Once the topic is allowed,
+    the second (the newer) must be the survivor, the first must have exited 1 with a fence, and the outputs
+    must be committed once."""
+    kafka, proxy = proxied
+    source, sink, group = kafka.create(names("in"), 2), kafka.create(names("out")), names("g")
+    env = {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": kafka.bootstrap}
+    args = ("--reversestring=true", PREFIX + names("tx-"), INDEX + "0",
+            # Tansu holds a member that left mid-join for max.poll.interval.ms: the survivor's join must not wait
+            "--spring.cloud.stream.kafka.binder.consumerProperties.max.poll.interval.ms=10000")
+    values = [f"r-{i:03d}".encode() for i in range(40)]
+    first = start_stream_app("processor", source, {"output": sink}, *args, group=group, env=env)
+    first.wait_for_log("Partitions assigned", 60)
+    proxy.refuse(sink, TOPIC_AUTHORIZATION_FAILED)
+    kafka.produce(source, values[:20], partition=lambda i: i % 2)
+    first.wait_for_log("the batch's transaction is aborted; retrying", 60)
+    second = start_stream_app("processor", source, {"output": sink}, *args, group=group, env=env)
+    second.wait_for_log("Transactions: a batch's sends", 60)
+    kafka.produce(source, values[20:], partition=lambda i: i % 2)
+    wait_for(lambda: first.process.poll() is not None or second.process.poll() is not None, 90, "one to exit")
+    proxy.allow(sink)
+    wait_for(kafka.caught_up(group, {0: 20, 1: 20}), 90, "the second to commit everything")
+    first_code, second_code = first.process.poll(), second.process.poll()
+    assert (first_code, second_code) == (1, None), \
+        f"first exited {first_code}, second {second_code}: the fenced first took its id back by renewing\n" \
+        f"second: {re.findall(r'Stopping: .*', second.log)}"
+    found = visible(kafka, sink, 40, 10)
+    assert second.stop() == 0
+    assert dups(found) == {}
+    assert Counter(found) == Counter(v[::-1] for v in values)
+
+
+def test_an_output_send_that_expires_after_the_offsets_went_in_aborts_the_batch(
+        proxied: tuple[Kafka, object], names: Callable[[str], str], start_stream_app: StartStreamApp) -> None:
+    """The offsets go to the transaction before the batch's sends are read. One output topic is held (never
+    answered) and the producer's delivery.timeout.ms is small: kafka-python fails the expired record without
+    making its transaction abortable, so a commit would go through without it. The batch must abort (and come
+    again once released), never commit its offsets without its output."""
+    kafka, proxy = proxied
+    source, sink, group = kafka.create(names("in")), kafka.create(names("out")), names("g")
+    env = {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": kafka.bootstrap}
+    tx = "--spring.cloud.stream.kafka.binder.transaction.producer.configuration."
+    app = start_stream_app("processor", source, {"output": sink}, "--reversestring=true", PREFIX + names("tx-"),
+                           INDEX + "0", tx + "delivery.timeout.ms=2000", tx + "request.timeout.ms=1000",
+                           tx + "linger.ms=0", group=group, env=env)
+    app.wait_for_log("Partitions assigned", 60)
+    kafka.produce(source, [b"one"])
+    wait_for(lambda: visible(kafka, sink, 1, 1) == [b"eno"], 30, "the first committed")
+    proxy.hold(sink)
+    kafka.produce(source, [b"two", b"three"])
+    wait_for(lambda: app.process.poll() is not None or "the batch's transaction is aborted" in app.log
+             or kafka.committed(group).get(0, 0) > 1, 60, "the held batch to end")
+    committed = kafka.committed(group).get(0, 0)
+    seen = visible(kafka, sink, 1, 2)
+    proxy.allow(sink)
+    wait_for(lambda: app.process.poll() is not None or kafka.committed(group).get(0, 0) >= 3, 60, "all committed")
+    found = visible(kafka, sink, 3, 10)
+    log = app.log
+    assert app.stop() == 0, log[-3000:]
+    assert (committed, seen) == (1, [b"eno"]), f"offsets committed to {committed} with outputs {seen}"
+    assert Counter(found) == Counter([b"eno", b"owt", b"eerht"]), found
+
+
+def test_a_transactional_source_whose_topic_is_refused_for_a_while_sends_each_number_once(
+        proxied: tuple[Kafka, object], names: Callable[[str], str], start_stream_app: StartStreamApp) -> None:
+    """The source step with the prefix while its topic refuses sends (its producer renewed at each poll's
+    abort), then allowed: every number committed once, none lost, the app still running."""
+    kafka, proxy = proxied
+    sink = kafka.create(names("out"))
+    proxy.refuse(sink, TOPIC_AUTHORIZATION_FAILED)
+    env = {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": kafka.bootstrap}
+    app = start_stream_app("source", None, {"output": sink}, PREFIX + names("src-"), INDEX + "0", "--count=30",
+                           "--spring.integration.poller.fixed-delay=10",
+                           "--spring.integration.poller.max-messages-per-poll=4", env=env)
+    wait_for(lambda: app.process.poll() is not None or app.log.count("not sent") >= 3, 60, "refused polls")
+    assert app.process.poll() is None, app.log[-3000:]
+    proxy.allow(sink)
+    found = visible(kafka, sink, 30, 60)
+    log = app.log
+    assert app.stop() == 0, log[-3000:]
+    assert sorted(int(v) for v in found) == list(range(1, 31)), log[-3000:]
+    assert open_transactions(kafka, sink) == 0
+
+
+RAW_JSON = [("contentType", b"application/json")]
+
+
+def test_a_router_with_a_dlq_a_poison_record_and_a_refused_output(
+        proxied: tuple[Kafka, object], names: Callable[[str], str], start_stream_app: StartStreamApp) -> None:
+    """The router (two outputs) with the prefix and a DLQ: a poison record among routed ones while the odd
+    output refuses sends (each batch aborts; the poison record is given up in a batch that aborts), then the
+    odd output allowed: each routed record committed once on its output, the poison one in the DLQ once."""
+    kafka, proxy = proxied
+    source, even, odd, group = kafka.create(names("time"), 2), kafka.create(names("even")), \
+        kafka.create(names("odd")), names("g")
+    dlq = kafka.create(names("dlq"))
+    proxy.refuse(odd, TOPIC_AUTHORIZATION_FAILED)
+    values = [f"05/17/21 17:56:{i:02d}".encode() for i in range(10)]
+    values[4] = b"poison, not a timestamp"
+    kafka.produce(source, values, headers=RAW_JSON, partition=lambda i: 0 if i < 6 else 1)
+    env = {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": kafka.bootstrap}
+    app = start_stream_app("router", source, {"even": even, "odd": odd}, PREFIX + names("tx-"), INDEX + "0",
+                           *DLQ, f"--spring.cloud.stream.kafka.bindings.input.consumer.dlqName={dlq}",
+                           "--spring.cloud.stream.bindings.input.consumer.maxAttempts=2",
+                           "--spring.cloud.stream.bindings.input.consumer.backOffInitialInterval=50",
+                           group=group, env=env)
+    wait_for(lambda: app.process.poll() is not None
+             or app.log.count("the batch's transaction is aborted; retrying") >= 3, 60, "aborts")
+    proxy.allow(odd)
+    wait_for(lambda: app.process.poll() is not None or kafka.caught_up(group, {0: 6, 1: 4})(), 60, "all committed")
+    evens, odds, dead = visible(kafka, even, 0, 5), visible(kafka, odd, 0, 5), visible(kafka, dlq, 0, 5)
+    log = app.log
+    assert app.stop() == 0, log[-3000:]
+    want = [v for i, v in enumerate(values) if i != 4]
+    assert Counter(evens) == Counter(b"Even timestamp: " + v for v in want if int(v[-1:]) % 2 == 0), evens
+    assert Counter(odds) == Counter(b"Odd timestamp: " + v for v in want if int(v[-1:]) % 2 == 1), odds
+    assert dead == [values[4]], dead
+    assert open_transactions(kafka, even) + open_transactions(kafka, odd) + open_transactions(kafka, dlq) == 0
