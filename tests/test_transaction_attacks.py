@@ -83,7 +83,7 @@ def test_fenced_instance_exits_1_promptly_with_one_line(kafka: Kafka, names: Cal
     assert second.stop() == 0
     assert code == 1, first.log[-3000:]
     # Tansu closes the connection of a fenced EndTxn (Apache Kafka answers PRODUCER_FENCED): a commit under way
-    # then waits out its 30 s before the instance knows
+    # then waits out its 15 s (and its abort 10 s) before the instance knows
     assert took < 40, f"the fenced instance took {took:.0f} s to exit"
     assert first.log.count("Stopping: ") == 1, first.log[-3000:]
     assert "Traceback" not in first.log, first.log[-3000:]

@@ -161,7 +161,7 @@ class Source(Binder):
                 return True
             except AbortError as why:
                 self._refused = f"the transaction did not commit ({why})"
-        transactional.abort(transactions.seconds(self.shutdown), renew=bool(failed))
+        transactional.abort(transactions.seconds(self.shutdown, transactions.ABORT_SECONDS), renew=bool(failed))
         return False
 
     def _drop(self, message: Message, error: BaseException, own: bool = False) -> bool:

@@ -32,7 +32,9 @@ from .transport import TransactionalProducer
 
 log = logging.getLogger(__name__)
 
-TRANSACTION_SECONDS = 30.0  # the longest a commit or an abort may wait for the broker (after SIGTERM: the drain's)
+# The longest a transaction's offsets or commit may wait for the broker, and its abort (which a live broker answers
+# at once: one that does not may be a fence Tansu never answers); after SIGTERM, what is left of the drain's budget.
+TRANSACTION_SECONDS, ABORT_SECONDS = 15.0, 10.0
 
 
 class RollbackError(Exception):
@@ -183,7 +185,7 @@ class Transactions(Settlement):
             raise FatalError(f"transactional producer '{self.producer.transactional_id}' fenced: another instance "
                              f"took its transactional.id ({describe(fenced)})")
         if self.producer.open:
-            self.producer.abort(self.seconds(), renew=bool(refused))
+            self.producer.abort(self.seconds(ABORT_SECONDS), renew=bool(refused))
         if isinstance(rollback, RollbackError):
             log.info("Record %s failed (%s): the batch's transaction is aborted; its records come again",
                      where(rollback.record), describe(rollback.error))
@@ -217,7 +219,7 @@ class Transactions(Settlement):
                 raise FatalError(f"transactional producer '{self.producer.transactional_id}' fenced: another "
                                  f"instance took its transactional.id ({describe(error)})")
             if self.producer.open:
-                self.producer.abort(self.seconds(), renew=not isinstance(error, AbortError))
+                self.producer.abort(self.seconds(ABORT_SECONDS), renew=not isinstance(error, AbortError))
             if not self.client.too_large(error) or copy.trace == 0:
                 break
             copy = self.dead_letter(record, failed.error, 0)
@@ -226,15 +228,15 @@ class Transactions(Settlement):
         self.attempts[_key(record)] = (failed.attempts, 0.0, failed.error)
         self.stalls.stall(tp, record.offset, f"dead-letter copy refused ({describe(error)})", self.budget)
 
-    def seconds(self) -> float:
-        return seconds(self.shutdown)
+    def seconds(self, longest: float = TRANSACTION_SECONDS) -> float:
+        return seconds(self.shutdown, longest)
 
 
-def seconds(shutdown: Shutdown) -> float:
-    """How long a commit or abort may wait: after SIGTERM, what is left of the drain's budget."""
+def seconds(shutdown: Shutdown, longest: float = TRANSACTION_SECONDS) -> float:
+    """How long a commit or abort may wait: ``longest``; after SIGTERM, what is left of the drain's budget."""
     if shutdown.stop.is_set():
-        return max(0.5, shutdown.deadline - time.monotonic())
-    return TRANSACTION_SECONDS
+        return max(0.5, min(longest, shutdown.deadline - time.monotonic()))
+    return longest
 
 
 def _key(record: Any) -> tuple[str, int, int]:
