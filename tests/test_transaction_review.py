@@ -8,29 +8,22 @@ import os
 from collections import Counter
 from collections.abc import Callable
 
+from test_transaction_attacks import (
+    DLQ,
+    INDEX,
+    PREFIX,
+    TOPIC_AUTHORIZATION_FAILED,
+    StartStreamApp,
+    dups,
+    open_transactions,
+    visible,
+)
+
 import conftest
 from conftest import Kafka
-from devkit.committed_reader import read_committed, read_logs
 from devkit.waiting import wait_for
 
 conftest.STEPS.setdefault("attacks", ("tests/steps/python_attacks.py", ("output",)))
-PREFIX = "--spring.cloud.stream.kafka.binder.transaction.transactionIdPrefix="
-INDEX = "--spring.cloud.stream.instanceIndex="
-DLQ = ("--spring.cloud.stream.kafka.bindings.input.consumer.enableDlq=true",)
-TOPIC_AUTHORIZATION_FAILED = 29
-StartStreamApp = Callable[..., object]
-
-
-def visible(kafka: Kafka, topic: str, count: int = 0, timeout: float = 10) -> list[bytes]:
-    return [r.value for r in read_committed(kafka.bootstrap, topic, count, timeout)]
-
-
-def open_transactions(kafka: Kafka, topic: str) -> int:
-    return sum(log.open_count for log in read_logs(kafka.bootstrap, topic).values())
-
-
-def dups(values: list[bytes]) -> dict[bytes, int]:
-    return {v: n for v, n in Counter(values).items() if n > 1}
 
 
 def resources(pid: int) -> tuple[int, int]:
