@@ -215,7 +215,9 @@ class Binder:
                     straight_count, stopped = self.straight.run(records, runs.setdefault(tp, []))
                     records = records[straight_count:]
                     if stopped is not None:  # the record the pass stopped at takes the per-record path from there
-                        deliveries.append(self._resume(records[0], *stopped))
+                        kind, error, output = stopped  # its first attempt failed so
+                        deliveries.append(self._refused(records[0], 1, output, error) if kind == "send"
+                                          else self.deliver(records[0], failed=error))
                         records = records[1:]
                 for record in records:
                     deliveries.append(self.deliver(record))
@@ -246,9 +248,11 @@ class Binder:
         if record.value is None and self.tombstones is None:
             return settle.give_up(record, TombstoneError("a tombstone (null value): this app has no output for it"),
                                   attempts=0)
-        made, not_before, *given_up = self.attempts.pop(_key(record), (0, 0.0)) if self.attempts else (0, 0.0)
-        if given_up:  # its send failed for its own sake in an aborted transaction
-            return settle.give_up(record, given_up[0], attempts=made, counted=True)
+        made, not_before = 0, 0.0
+        if self.attempts and (carried := self.attempts.pop(_key(record), None)):
+            if len(carried) == 3:  # its send failed for its own sake in an aborted transaction: given up
+                return settle.give_up(record, carried[2], attempts=carried[0], counted=True)
+            made, not_before = carried
         for attempt in range(made + 1, self.source.max_attempts + 1):
             if not_before and (pause := not_before - time.monotonic()) > 0 and not self.wait_out(pause):
                 self.attempts[_key(record)] = (attempt - 1, not_before)  # the next batch goes on from here
@@ -311,12 +315,6 @@ class Binder:
         if self.client.about_the_record(error):
             return self.settle.give_up(record, error, attempts=attempt, counted=True)
         raise RewindError(record.offset, error) from None
-
-    def _resume(self, record: Any, kind: str, error: Exception, output: OutputBinding | None) -> Delivery:
-        """The record the straight pass stopped at, on the per-record path: its first attempt failed so."""
-        if kind == "send":
-            return self._refused(record, 1, output, error)
-        return self.deliver(record, failed=error)
 
     def _prepare(self, record: Any) -> tuple[OutputBinding, bytes | None, Any, int | None, Any] | None:
         """The function's output of a record: binding, value, headers, partition and key to send (None: none)."""
