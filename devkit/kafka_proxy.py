@@ -2,11 +2,12 @@
 
 Tests put it in front of Tansu (which advertises the proxy's address, so every client connection goes
 through it) to see how an app handles what Tansu never does: an ACL not yet applied
-(``TOPIC_AUTHORIZATION_FAILED``), a record over the broker's size limit (``refuse``: the proxy answers,
-nothing is written; ``refuse_marked``: only the requests that carry a marker's bytes); a broker that
-takes produce requests and never answers them (``hold``); a byte flipped in a fetched batch, so its CRC
-no longer matches (``corrupt``); an address that accepts connections and resets them at once, as a load
-balancer in front of a dead broker (``reset``); requests of some kinds (API keys) never answered (``mute``).
+(``TOPIC_AUTHORIZATION_FAILED``), a record over the broker's size limit (``refuse``: the proxy answers for
+the topic, nothing of it is written, a request's other topics go on to the broker; ``refuse_marked``: only
+the requests that carry a marker's bytes); a broker that takes produce requests and never answers them
+(``hold``); a byte flipped in a fetched batch, so its CRC no longer matches (``corrupt``); an address that
+accepts connections and resets them at once, as a load balancer in front of a dead broker (``reset``);
+requests of some kinds (API keys) never answered (``mute``).
 Everything else passes through unchanged, in order.
 """
 
@@ -52,6 +53,7 @@ class KafkaProxy:
     def __init__(self, upstream: int, port: int) -> None:
         self.upstream, self.port = upstream, port
         self.refused = 0  # partitions of produce requests answered with an error
+        self.split = 0  # produce requests forwarded without their refused topics
         self._refusals: dict[str, int] = {}
         self._marked: tuple[bytes, str, int] | None = None  # refuse requests holding these bytes, to this topic
         self._held: set[str] = set()
@@ -137,10 +139,11 @@ class KafkaProxy:
             self._links = [link for link in self._links if not link.closed]
             self._links.append(_Link(self, client))
 
-    def answer(self, version: int, frame: bytes) -> bytes | str | None:
+    def answer(self, version: int, frame: bytes) -> bytes | str | _Split | None:
         """What to do with a produce request: None, forward it (the broker answers); UNANSWERED, forward it
         (acks=0: nobody answers); SWALLOW, drop it (a held topic); bytes, the proxy's own error response
-        (every topic in it refused)."""
+        (every topic in it refused); a ``_Split``, forward it without its refused topics (a client sends the
+        batches of several topics in one request: a broker refuses each topic on its own)."""
         request = ProduceRequest.decode(frame, version=version, header=True)
         with self._lock:
             if any(t.name in self._held for t in request.topic_data):
@@ -153,17 +156,35 @@ class KafkaProxy:
             if self._marked is not None and self._marked[0] in frame:
                 _, topic, code = self._marked
                 codes = {name: code if name == topic else given for name, given in codes.items()}
-        if None in codes.values():
+        refused = [t for t in request.topic_data if codes[t.name] is not None]
+        if not refused:
             return None
-        response = ProduceResponse[version](throttle_time_ms=0, responses=[
-            ProduceResponse.TopicProduceResponse(name=t.name, partition_responses=[
-                ProduceResponse.TopicProduceResponse.PartitionProduceResponse(
-                    index=p.index, error_code=codes[t.name], base_offset=-1) for p in t.partition_data])
-            for t in request.topic_data])
-        response.with_header(correlation_id=request.header.correlation_id)
+        answers = [ProduceResponse.TopicProduceResponse(name=t.name, partition_responses=[
+            ProduceResponse.TopicProduceResponse.PartitionProduceResponse(
+                index=p.index, error_code=codes[t.name], base_offset=-1) for p in t.partition_data])
+            for t in refused]
+        mixed = len(refused) < len(request.topic_data)
         with self._lock:
-            self.refused += sum(len(t.partition_data) for t in request.topic_data)
+            self.refused += sum(len(t.partition_data) for t in refused)
+            self.split += mixed
+        if mixed:
+            request.topic_data = [t for t in request.topic_data if codes[t.name] is None]
+            return _Split(bytes(request.encode(header=True)), version, answers)
+        response = ProduceResponse[version](throttle_time_ms=0, responses=answers)
+        response.with_header(correlation_id=request.header.correlation_id)
         return bytes(response.encode(header=True, framed=True))
+
+
+class _Split:
+    """A produce request forwarded without its refused topics; the broker's answer gets their errors added."""
+
+    def __init__(self, frame: bytes, version: int, answers: list[object]) -> None:
+        self.frame, self.version, self.answers = frame, version, answers
+
+    def merge(self, frame: bytes) -> bytes:
+        response = ProduceResponse.decode(frame, version=self.version, header=True)
+        response.responses = [*response.responses, *self.answers]
+        return bytes(response.encode(header=True))
 
 
 class _Link:
@@ -173,7 +194,8 @@ class _Link:
         self.proxy, self.client = proxy, client
         self.broker = socket.create_connection(("127.0.0.1", proxy.upstream))
         self.closed = False
-        self.order: deque[bytes | None] = deque()  # None: the broker answers this one; bytes: the proxy's answer
+        # None: the broker answers this one; bytes: the proxy's answer; _Split: the broker's, refusals added
+        self.order: deque[bytes | _Split | None] = deque()
         self.lock = threading.Lock()
         threading.Thread(target=self._upstream, daemon=True).start()
         threading.Thread(target=self._downstream, daemon=True).start()
@@ -191,7 +213,10 @@ class _Link:
                 if own == SWALLOW:
                     self.proxy.swallowed += api_key in self.proxy.muted
                     continue
-                if own is None:
+                if isinstance(own, _Split):
+                    self.order.append(own)
+                    frame = own.frame
+                elif own is None:
                     self.order.append(None)
                 try:
                     self.broker.sendall(struct.pack(">i", len(frame)) + frame)
@@ -202,9 +227,8 @@ class _Link:
     def _downstream(self) -> None:
         while (frame := _read_frame(self.broker)) is not None:
             with self.lock:
-                if self.order:
-                    self.order.popleft()
-                frame = self.proxy.damage(frame)
+                pending = self.order.popleft() if self.order else None
+                frame = self.proxy.damage(pending.merge(frame) if isinstance(pending, _Split) else frame)
                 try:
                     self.client.sendall(struct.pack(">i", len(frame)) + frame)
                 except OSError:
@@ -213,7 +237,7 @@ class _Link:
         self.close()
 
     def _send_own(self) -> None:
-        while self.order and self.order[0] is not None:
+        while self.order and isinstance(self.order[0], bytes):
             with contextlib.suppress(OSError):
                 self.client.sendall(self.order.popleft())
 
