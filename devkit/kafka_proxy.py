@@ -4,7 +4,7 @@ Tests put it in front of Tansu (which advertises the proxy's address, so every c
 through it) to see how an app handles what Tansu never does: an ACL not yet applied
 (``TOPIC_AUTHORIZATION_FAILED``), a record over the broker's size limit (``refuse``: the proxy answers for
 the topic, nothing of it is written, a request's other topics go on to the broker; ``refuse_marked``: only
-the requests that carry a marker's bytes); a broker that takes produce requests and never answers them
+the batches to a topic that carry a marker's bytes); a broker that takes produce requests and never answers them
 (``hold``); a byte flipped in a fetched batch, so its CRC no longer matches (``corrupt``); an address that
 accepts connections and resets them at once, as a load balancer in front of a dead broker (``reset``);
 requests of some kinds (API keys) never answered (``mute``).
@@ -18,6 +18,7 @@ import socket
 import struct
 import threading
 from collections import deque
+from typing import Any
 
 from kafka.protocol.producer import ProduceRequest, ProduceResponse
 
@@ -73,8 +74,8 @@ class KafkaProxy:
             self._refusals[topic] = error_code
 
     def refuse_marked(self, marker: bytes | None, topic: str = "", error_code: int = 0) -> None:
-        """Refuse the produce requests to ``topic`` that hold ``marker`` (uncompressed records; None: stop): the
-        records sent beside it in such a request are refused with it, as a broker refuses a whole batch."""
+        """Refuse the batches to ``topic`` that hold ``marker`` (uncompressed records; None: stop): the records
+        sent beside it in its batch are refused with it, as a broker refuses a whole batch."""
         with self._lock:
             self._marked = None if marker is None else (marker, topic, error_code)
 
@@ -137,13 +138,16 @@ class KafkaProxy:
                 _reset(client)
                 continue
             self._links = [link for link in self._links if not link.closed]
-            self._links.append(_Link(self, client))
+            try:
+                self._links.append(_Link(self, client))
+            except OSError:  # the broker is down: this client sees its connection reset, the next may get through
+                _reset(client)
 
     def answer(self, version: int, frame: bytes) -> bytes | str | _Split | None:
         """What to do with a produce request: None, forward it (the broker answers); UNANSWERED, forward it
         (acks=0: nobody answers); SWALLOW, drop it (a held topic); bytes, the proxy's own error response
-        (every topic in it refused); a ``_Split``, forward it without its refused topics (a client sends the
-        batches of several topics in one request: a broker refuses each topic on its own)."""
+        (every partition in it refused); a ``_Split``, forward it without its refused partitions (a client
+        sends the batches of several topics and partitions in one request: a broker answers each on its own)."""
         request = ProduceRequest.decode(frame, version=version, header=True)
         with self._lock:
             if any(t.name in self._held for t in request.topic_data):
@@ -152,38 +156,54 @@ class KafkaProxy:
         if request.acks == 0:
             return UNANSWERED
         with self._lock:
-            codes = {t.name: self._refusals.get(t.name) for t in request.topic_data}
-            if self._marked is not None and self._marked[0] in frame:
-                _, topic, code = self._marked
-                codes = {name: code if name == topic else given for name, given in codes.items()}
-        refused = [t for t in request.topic_data if codes[t.name] is not None]
+            refusals, marked = dict(self._refusals), self._marked
+        codes = {(t.name, p.index): _code(t.name, p.records, refusals, marked)
+                 for t in request.topic_data for p in t.partition_data}
+        refused = {key: code for key, code in codes.items() if code is not None}
         if not refused:
             return None
         answers = [ProduceResponse.TopicProduceResponse(name=t.name, partition_responses=[
             ProduceResponse.TopicProduceResponse.PartitionProduceResponse(
-                index=p.index, error_code=codes[t.name], base_offset=-1) for p in t.partition_data])
-            for t in refused]
-        mixed = len(refused) < len(request.topic_data)
+                index=p.index, error_code=refused[t.name, p.index], base_offset=-1)
+            for p in t.partition_data if (t.name, p.index) in refused])
+            for t in request.topic_data if any((t.name, p.index) in refused for p in t.partition_data)]
+        mixed = len(refused) < len(codes)
         with self._lock:
-            self.refused += sum(len(t.partition_data) for t in refused)
+            self.refused += len(refused)
             self.split += mixed
         if mixed:
-            request.topic_data = [t for t in request.topic_data if codes[t.name] is None]
+            for t in request.topic_data:
+                t.partition_data = [p for p in t.partition_data if (t.name, p.index) not in refused]
+            request.topic_data = [t for t in request.topic_data if t.partition_data]
             return _Split(bytes(request.encode(header=True)), version, answers)
         response = ProduceResponse[version](throttle_time_ms=0, responses=answers)
         response.with_header(correlation_id=request.header.correlation_id)
         return bytes(response.encode(header=True, framed=True))
 
 
-class _Split:
-    """A produce request forwarded without its refused topics; the broker's answer gets their errors added."""
+def _code(topic: str, records: bytes | None, refusals: dict[str, int],
+          marked: tuple[bytes, str, int] | None) -> int | None:
+    """The error a partition's batch is refused with (None: it goes on to the broker)."""
+    if marked is not None and topic == marked[1] and records is not None and marked[0] in records:
+        return marked[2]
+    return refusals.get(topic)
 
-    def __init__(self, frame: bytes, version: int, answers: list[object]) -> None:
+
+class _Split:
+    """A produce request forwarded without its refused partitions; the broker's answer gets their errors added."""
+
+    def __init__(self, frame: bytes, version: int, answers: list[Any]) -> None:
         self.frame, self.version, self.answers = frame, version, answers
 
     def merge(self, frame: bytes) -> bytes:
         response = ProduceResponse.decode(frame, version=self.version, header=True)
-        response.responses = [*response.responses, *self.answers]
+        topics = {topic.name: topic for topic in response.responses}
+        for answer in self.answers:
+            if answer.name in topics:
+                topics[answer.name].partition_responses = [*topics[answer.name].partition_responses,
+                                                           *answer.partition_responses]
+            else:
+                response.responses = [*response.responses, answer]
         return bytes(response.encode(header=True))
 
 

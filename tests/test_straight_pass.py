@@ -39,7 +39,7 @@ def _corr(record: Any) -> str:
 
 def test_records_the_broker_refuses_for_their_own_sake_after_a_straight_pass_are_each_dead_lettered_once(
         proxied: tuple[Kafka, KafkaProxy], names: Callable[[str], str], start_processor: Callable[..., App]) -> None:
-    """Many records share a value; the broker refuses (too large) the requests that hold a marked one, so the
+    """Many records share a value; the broker refuses (too large) the batches that hold a marked one, so the
     records beside it too: each record ends up once, in the output or in the DLQ, a copy naming its own offset."""
     kafka, proxy = proxied
     source, sink, group = kafka.create(names("in"), 2), kafka.create(names("out"), 3), names("g")
@@ -65,7 +65,7 @@ def test_records_the_broker_refuses_for_their_own_sake_after_a_straight_pass_are
 
 def test_a_refusal_of_the_brokers_own_after_a_straight_pass_rewinds_each_partition_to_its_own_record(
         proxied: tuple[Kafka, KafkaProxy], names: Callable[[str], str], start_processor: Callable[..., App]) -> None:
-    """Records of two partitions share a value; the broker refuses (an ACL) the requests that hold a marked one.
+    """Records of two partitions share a value; the broker refuses (an ACL) the batches that hold a marked one.
     Each partition rewinds to its own first refused record, so once the refusal ends nothing is missing."""
     kafka, proxy = proxied
     source, sink, group = kafka.create(names("in"), 2), kafka.create(names("out")), names("g")
