@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -32,6 +33,20 @@ def open_transactions(kafka: Kafka, topic: str) -> int:
 
 def dups(values: list[bytes]) -> dict[bytes, int]:
     return {v: n for v, n in Counter(values).items() if n > 1}
+
+
+def committing_processor(kafka: Kafka, names: Callable[[str], str], start_stream_app: StartStreamApp, first: bytes,
+                         partitions: int = 1) -> tuple[str, str, Any]:
+    """A transactional processor (instance 0) on the proxied broker, once its output of ``first`` is committed:
+    its source, its sink and the app."""
+    source, sink = kafka.create(names("in"), partitions), kafka.create(names("out"))
+    app: Any = start_stream_app("processor", source, {"output": sink}, "--reversestring=true", PREFIX + names("tx-"),
+                                INDEX + "0", group=names("g"),
+                                env={"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": kafka.bootstrap})
+    app.wait_for_log("Partitions assigned", 60)
+    kafka.produce(source, [first])
+    wait_for(lambda: visible(kafka, sink, 1, 1) == [first[::-1]], 30, "the first committed")
+    return source, sink, app
 
 
 @pytest.mark.parametrize("kills", [3])
@@ -215,13 +230,7 @@ def test_sigterm_while_the_coordinator_does_not_answer_ends_within_10_s(
     """The transaction coordinator stops answering EndTxn (or TxnOffsetCommit): a commit hangs. SIGTERM must still
     end the app within Kubernetes' 10 s, and what it had sent must not be visible (nothing committed)."""
     kafka, proxy = proxied
-    source, sink, group = kafka.create(names("in")), kafka.create(names("out")), names("g")
-    env = {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": kafka.bootstrap}
-    app = start_stream_app("processor", source, {"output": sink}, "--reversestring=true", PREFIX + names("tx-"),
-                           INDEX + "0", group=group, env=env)
-    app.wait_for_log("Partitions assigned", 60)
-    kafka.produce(source, [b"one"])
-    wait_for(lambda: visible(kafka, sink, 1, 1) == [b"eno"], 30, "the first committed")
+    source, sink, app = committing_processor(kafka, names, start_stream_app, b"one")
     proxy.mute(muted)
     kafka.produce(source, [b"two"])
     wait_for(lambda: proxy.swallowed > 0, 30, "the commit waiting for its answer")

@@ -14,6 +14,7 @@ from test_transaction_attacks import (
     PREFIX,
     TOPIC_AUTHORIZATION_FAILED,
     StartStreamApp,
+    committing_processor,
     dups,
     open_transactions,
     visible,
@@ -37,13 +38,7 @@ def test_many_renewals_leak_no_threads_nor_fds(proxied: tuple[Kafka, object], na
     transactional producer. The process's threads and fds must not grow with the renewals, and once allowed
     every output must be committed once."""
     kafka, proxy = proxied
-    source, sink, group = kafka.create(names("in"), 2), kafka.create(names("out")), names("g")
-    env = {"SPRING_CLOUD_STREAM_KAFKA_BINDER_BROKERS": kafka.bootstrap}
-    app = start_stream_app("processor", source, {"output": sink}, "--reversestring=true", PREFIX + names("tx-"),
-                           INDEX + "0", group=group, env=env)
-    app.wait_for_log("Partitions assigned", 60)
-    kafka.produce(source, [b"warm"])
-    wait_for(lambda: visible(kafka, sink, 1, 1) == [b"mraw"], 30, "the first committed")
+    source, sink, app = committing_processor(kafka, names, start_stream_app, b"warm", partitions=2)
     baseline = resources(app.process.pid)
     values: list[bytes] = [b"warm"]
     for cycle in range(8):
